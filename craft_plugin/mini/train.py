@@ -22,6 +22,7 @@ from typing import Any, List, Optional
 import numpy as np
 import random
 import torch
+from torch.utils.data import DataLoader
 
 from craft_plugin.data.verification import CallBackVerification
 from craft_plugin.distributed import rank_and_world_size
@@ -129,7 +130,8 @@ def train(cfg: Any, plugins: Optional[list] = None) -> TrainResult:
     result = TrainResult(cfg, backbone, module_partial_fc, opt, lr_scheduler, global_step)
     stop = cfg.get("stop_after_epoch")
     for epoch in range(start_epoch, cfg.num_epoch):
-        train_loader.sampler.set_epoch(epoch)
+        if isinstance(train_loader, DataLoader):
+            train_loader.sampler.set_epoch(epoch)
         for _, (img, local_labels) in enumerate(train_loader):
             global_step += 1
             local_embeddings = backbone(img)

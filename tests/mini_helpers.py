@@ -1,0 +1,39 @@
+"""Small helpers shared by the tests that train the mini pipeline."""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+import torch
+
+from craft_plugin.mini.train import TrainResult
+
+
+def state_of(result: TrainResult) -> Dict[str, torch.Tensor]:
+    """Every tensor that defines the trained model: backbone (weights and BN buffers) and FC."""
+    backbone = result.backbone.module if hasattr(result.backbone, "module") else result.backbone
+    state = {f"backbone.{k}": v.detach().clone() for k, v in backbone.state_dict().items()}
+    state.update({f"fc.{k}": v.detach().clone() for k, v in result.partial_fc.state_dict().items()})
+    return state
+
+
+def assert_bit_identical(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{key} differs"
+
+
+class Recorder:
+    """A plugin that records every hook call (name and keyword names) and changes nothing."""
+
+    def __init__(self) -> None:
+        self.calls: List[tuple] = []
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+
+        def hook(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append((name, tuple(sorted(kwargs))))
+            return args[0] if args else None
+
+        return hook
