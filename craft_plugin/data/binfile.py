@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 import torch
 
+from craft_plugin.data.transforms import decode_rgb
+
 ALLOWED_GLOBALS = {
     ("builtins", "bytes"), ("builtins", "bytearray"), ("builtins", "list"), ("builtins", "tuple"),
     ("builtins", "bool"), ("__builtin__", "bool"), ("builtins", "set"), ("builtins", "frozenset"),
@@ -50,15 +52,11 @@ def read_bin_pairs(path: str) -> Tuple[list, List[bool]]:
     return list(bins), [bool(x) for x in issame]
 
 
-def decode_rgb(entry, where: str) -> np.ndarray:
-    """An entry of ``bins`` as RGB uint8 HWC (decoded with OpenCV, converted from BGR)."""
+def entry_rgb(entry, where: str) -> np.ndarray:
+    """An entry of ``bins`` as RGB uint8 HWC: encoded bytes (or a uint8 buffer), or an HWC image."""
     if isinstance(entry, np.ndarray) and entry.ndim == 3:
         return np.ascontiguousarray(entry.astype(np.uint8))
-    buf = np.frombuffer(bytes(entry), dtype=np.uint8)
-    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
-    if img is None:
-        raise ValueError(f"{where}: not a decodable image")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return decode_rgb(bytes(entry), where)
 
 
 def load_bin(path: str, image_size: Sequence[int] = (112, 112)) -> Tuple[List[torch.Tensor], List[bool]]:
@@ -70,7 +68,7 @@ def load_bin(path: str, image_size: Sequence[int] = (112, 112)) -> Tuple[List[to
     bins, issame = read_bin_pairs(path)
     data = torch.empty((len(bins), 3, image_size[0], image_size[1]))
     for index, entry in enumerate(bins):
-        img = decode_rgb(entry, f"{path}: image {index}")
+        img = entry_rgb(entry, f"{path}: image {index}")
         if img.shape[1] != image_size[0]:
             img = resize_short(img, image_size[0])
         data[index] = torch.from_numpy(img.transpose(2, 0, 1).copy())

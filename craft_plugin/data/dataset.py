@@ -1,0 +1,61 @@
+"""``RecFaceDataset``: arcface_torch's ``MXFaceDataset`` on our reader (no mxnet).
+
+Same index set (with an insightface header record: keys ``1 .. first_identity_record - 1``;
+without one: every key of the ``.idx``). Record 0 counts as a header when it has ``flag > 0`` and
+no image bytes; upstream looks at ``flag`` alone, which would take an im2rec file whose first image
+has an array label for a header. same labels (the first value of an array label), decoded
+to RGB uint8 HWC like ``mx.image.imdecode``, random horizontal flip, normalised to [-1, 1].
+"""
+from __future__ import annotations
+
+import os
+from typing import Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from craft_plugin.data.recordio import RecordFile, unpack
+from craft_plugin.data.transforms import decode_rgb, random_flip, to_training_tensor
+from craft_plugin.errors import RecordError
+
+
+def image_keys(records: RecordFile) -> np.ndarray:
+    """The image keys of a record file, checked against its index."""
+    if not records.keys:
+        raise RecordError(records.idx_path, 0, "the index lists no records")
+    first = records.keys[0]
+    header, body = unpack(records.read(first), f"{records.rec_path} record {first}")
+    if header.flag > 0 and first == 0 and not body:
+        end_images = int(header.label[0])
+        keys = np.arange(1, end_images)
+        missing = sorted(set(keys.tolist()) - set(records.keys))
+        if missing:
+            raise RecordError(records.rec_path, records.offset_of(0),
+                              f"header record says images are keys 1..{end_images - 1}, but the index "
+                              f"lacks {len(missing)} of them (first: {missing[0]})")
+        return keys
+    return np.asarray(records.keys, dtype=np.int64)
+
+
+def read_sample(records: RecordFile, key: int) -> Tuple[np.ndarray, int]:
+    """``(RGB uint8 HWC image, class)`` of image record ``key``; errors name file and offset."""
+    where = f"{records.rec_path} record {key} at byte offset {records.offset_of(key)}"
+    header, payload = unpack(records.read(key), where)
+    label = header.label if np.ndim(header.label) == 0 else header.label[0]
+    return decode_rgb(payload, where), int(label)
+
+
+class RecFaceDataset(Dataset):
+    def __init__(self, root_dir: str, local_rank: int = 0):
+        self.root_dir = root_dir
+        self.local_rank = local_rank
+        self.records = RecordFile(os.path.join(root_dir, "train.rec"), os.path.join(root_dir, "train.idx"))
+        self.imgidx = image_keys(self.records)
+
+    def __len__(self) -> int:
+        return len(self.imgidx)
+
+    def __getitem__(self, index: int):
+        image, label = read_sample(self.records, int(self.imgidx[index]))
+        return to_training_tensor(image, random_flip()), torch.tensor(label, dtype=torch.long)

@@ -1,0 +1,69 @@
+"""Writers for arcface_torch's data formats (used by the demo, the tests and ``rec pack``).
+
+``write_rec`` writes the insightface layout: record 0 is a header ``IRHeader(flag=2,
+label=(first_identity_record, end))``, records ``1..N`` are images (JPEG, scalar labels, ``id`` =
+record index) sorted by label, then one identity record per class with label ``(first, end)``
+image-record range; plus ``property`` (``num_classes,H,W``). With ``header=False`` it writes a
+shuffled/im2rec-style file: image records only, keys from 0. ``write_bin`` writes a ``.bin`` pair
+set as a protocol-2 pickle of ``(bins, issame_list)``.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Iterable, List, Sequence, Tuple
+
+import numpy as np
+
+from craft_plugin.data.recordio import IRHeader, pack, write_records
+from craft_plugin.data.transforms import encode_jpeg
+
+
+def write_rec(out_dir, images: Iterable[Tuple[np.ndarray, int]], quality: int = 90,
+              header: bool = True, name: str = "train") -> Path:
+    """Write ``<out_dir>/<name>.rec``, ``.idx`` and ``property``; returns ``out_dir``."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    items = sorted(((int(label), img) for img, label in images), key=lambda item: item[0])
+    if not items:
+        raise ValueError("write_rec needs at least one image")
+    shapes = {img.shape for _, img in items}
+    if len(shapes) != 1:
+        raise ValueError(f"all images must have one shape, got {sorted(shapes)}")
+    height, width, _ = shapes.pop()
+    first_key = 1 if header else 0
+    records: List[Tuple[int, bytes]] = []
+    bounds = {}
+    for i, (label, img) in enumerate(items):
+        key = first_key + i
+        bounds.setdefault(label, [key, key])[1] = key + 1
+        records.append((key, pack(IRHeader(0, float(label), key, 0), encode_jpeg(img, quality))))
+    if header:
+        first_identity = first_key + len(items)
+        identity_records = [(first_identity + j, pack(IRHeader(2, np.array(bounds[label], np.float32),
+                                                               first_identity + j, 0), b""))
+                            for j, label in enumerate(sorted(bounds))]
+        end = first_identity + len(identity_records)
+        head = (0, pack(IRHeader(2, np.array([first_identity, end], np.float32), 0, 1), b""))
+        records = [head] + records + identity_records
+    write_records(out_dir / f"{name}.rec", records)
+    num_classes = max(bounds) + 1
+    tmp = out_dir / "property.tmp"
+    tmp.write_text(f"{num_classes},{height},{width}\n")
+    os.replace(tmp, out_dir / "property")
+    return out_dir
+
+
+def write_bin(path, pairs: Sequence[Tuple[np.ndarray, np.ndarray, bool]], quality: int = 90) -> Path:
+    """Write a verification ``.bin`` from ``(image_a, image_b, issame)`` RGB uint8 pairs."""
+    bins, issame = [], []
+    for img_a, img_b, same in pairs:
+        bins += [encode_jpeg(img_a, quality), encode_jpeg(img_b, quality)]
+        issame.append(bool(same))
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as handle:
+        pickle.dump((bins, issame), handle, protocol=2)
+    os.replace(tmp, path)
+    return path
