@@ -134,7 +134,8 @@ def corrupt(tmp_path, mutate):
     (lambda p: (p / "train.idx").write_text((p / "train.idx").read_text().replace("\n3\t", "\n3\t9999")),
      "offset past the end"),
     (lambda p: (p / "train.rec").write_bytes(b"\0\0\0\0" + (p / "train.rec").read_bytes()[4:]), "bad magic"),
-    (lambda p: (p / "train.rec").write_bytes((p / "train.rec").read_bytes()[:-40]), "truncated"),
+    (lambda p: (p / "train.rec").write_bytes((p / "train.rec").read_bytes()[:RecordFile(p / "train.rec").offset_of(3) + 30]),
+     "truncated"),
     (lambda p: (p / "train.idx").write_text("\n".join((p / "train.idx").read_text().splitlines()[:2])), "lacks"),
     (lambda p: (p / "train.idx").write_text("0\tzero\n"), "bad index line"),
 ])

@@ -27,14 +27,14 @@ def image_keys(records: RecordFile) -> np.ndarray:
     first = records.keys[0]
     header, body = unpack(records.read(first), f"{records.rec_path} record {first}")
     if header.flag > 0 and first == 0 and not body:
-        end_images = int(header.label[0])
-        keys = np.arange(1, end_images)
-        missing = sorted(set(keys.tolist()) - set(records.keys))
+        end_images, end = int(header.label[0]), int(header.label[1])
+        missing = sorted(set(range(1, end)) - set(records.keys))
         if missing:
             raise RecordError(records.rec_path, records.offset_of(0),
-                              f"header record says images are keys 1..{end_images - 1}, but the index "
-                              f"lacks {len(missing)} of them (first: {missing[0]})")
-        return keys
+                              f"header record says images are keys 1..{end_images - 1} and identities "
+                              f"{end_images}..{end - 1}, but the index lacks {len(missing)} of them "
+                              f"(first: {missing[0]})")
+        return np.arange(1, end_images)
     return np.asarray(records.keys, dtype=np.int64)
 
 
