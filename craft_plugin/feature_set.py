@@ -1,1 +1,2 @@
 """Imports each feature module once so that it registers itself in ``FEATURES`` (one line each)."""
+import craft_plugin.reactivation.feature  # noqa: F401
