@@ -2,8 +2,9 @@
 
 Its stem is iresnet's: ``conv1`` Conv2d(3, 64, 3x3, stride 1, padding 1, no bias) -> ``bn1``
 BatchNorm2d(64, eps 1e-5) -> ``prelu`` PReLU(64); then cheap strided residual stages and
-iresnet's head (BatchNorm2d, dropout, flatten, ``fc``, ``features`` BatchNorm1d), with an
-adaptive pooling before ``fc`` so that any input size works (32x32 synthetic images, 112x112 from a .rec).
+iresnet's head (BatchNorm2d, dropout, flatten, ``fc``, ``features`` BatchNorm1d), with a
+global average pooling before ``fc`` so that any input size works (32x32 synthetic images,
+112x112 from a .rec) and the model exports to ONNX.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ class BasicBlock(nn.Module):
 
 class MiniIResNet(nn.Module):
     def __init__(self, num_features: int = 512, dropout: float = 0.0, fp16: bool = False,
-                 widths: tuple = (16, 32, 48, 64), pooled_size: int = 3):
+                 widths: tuple = (16, 32, 48, 64)):
         super().__init__()
         self.fp16 = fp16
         self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
@@ -46,9 +47,9 @@ class MiniIResNet(nn.Module):
             inplanes = width
         self.layers = nn.Sequential(*blocks)
         self.bn2 = nn.BatchNorm2d(inplanes, eps=1e-5)
-        self.pool = nn.AdaptiveAvgPool2d(pooled_size)
+        self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(p=dropout)
-        self.fc = nn.Linear(inplanes * pooled_size * pooled_size, num_features)
+        self.fc = nn.Linear(inplanes, num_features)
         self.features = nn.BatchNorm1d(num_features, eps=1e-5)
         nn.init.constant_(self.features.weight, 1.0)
         self.features.weight.requires_grad = False
