@@ -1,8 +1,8 @@
-"""Plugin hooks for arcface_torch, hook API version 1 (this file is added by craft-plugin's patch).
+"""arcface_torch plugin hooks, API version 1 (added by craft-plugin's patch).
 
-Plugins register a module in the ``arcface_torch.plugins`` entry-point group. ``train_v2.py`` calls
-``plugin_filter(name, value, **kw)`` where a plugin may return a replacement for ``value``, and
-``plugin_hook(name, **kw)`` for events. With no plugin installed both calls do nothing.
+Plugins are modules registered in the ``arcface_torch.plugins`` entry-point group. ``train_v2.py``
+calls ``plugin_filter(name, value, **kw)``, where a plugin may return a replacement for ``value``,
+and ``plugin_hook(name, **kw)`` for events. With no plugin installed both do nothing.
 """
 import importlib.metadata
 import logging
@@ -12,9 +12,8 @@ HOOK_API = 1
 
 def load_plugins(group="arcface_torch.plugins"):
     eps = importlib.metadata.entry_points()
-    eps = eps.select(group=group) if hasattr(eps, "select") else eps.get(group, ())
     plugins = []
-    for ep in eps:
+    for ep in eps.select(group=group) if hasattr(eps, "select") else eps.get(group, ()):
         try:
             plugins.append(ep.load())
         except ImportError as exc:
@@ -27,8 +26,7 @@ PLUGINS = load_plugins()
 
 def plugin_filter(name, value, plugins=None, **kwargs):
     for plugin in PLUGINS if plugins is None else plugins:
-        if hasattr(plugin, name):
-            value = getattr(plugin, name)(value, **kwargs)
+        value = getattr(plugin, name)(value, **kwargs) if hasattr(plugin, name) else value
     return value
 
 

@@ -1,0 +1,217 @@
+"""Applying, checking and reverting craft-plugin's unified diffs on an arcface_torch checkout.
+
+A small, exact applier (no ``patch``/``git`` needed): each hunk's old lines must be found
+verbatim, at the stated line or elsewhere in the file if upstream moved it, and nowhere else
+twice. ``check`` reports per patch ``applicable``, ``applied`` or ``drifted`` (with the hunk that
+no longer matches); ``apply`` and ``revert`` compute every file in memory first and write only
+when all hunks of all patches fit, so a checkout is never left half-patched. Reverting an applied
+patch restores the original bytes.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+PATCH_NAMES = ("arcface_torch_hooks", "arcface_torch_compat")
+CHECKOUT_MARKERS = ("train_v2.py", "partial_fc_v2.py", "losses.py", "lr_scheduler.py", "configs")
+HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+
+
+class PatchError(Exception):
+    """The checkout cannot take (or give back) a patch; the message says why."""
+
+
+@dataclass
+class Hunk:
+    old_start: int
+    header: str
+    lines: List[Tuple[str, str]] = field(default_factory=list)  # (" " | "-" | "+", text with newline)
+
+    def side(self, keep: str) -> List[str]:
+        return [text for tag, text in self.lines if tag in (" ", keep)]
+
+    def text(self) -> str:
+        return self.header + "".join(tag + text for tag, text in self.lines)
+
+
+@dataclass
+class FilePatch:
+    path: str
+    new_file: bool
+    hunks: List[Hunk]
+
+
+def parse_patch(text: str) -> List[FilePatch]:
+    files: List[FilePatch] = []
+    lines = text.splitlines(keepends=True)
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("--- "):
+            new_file = line.strip() == "--- /dev/null"
+            path = lines[i + 1][4:].strip()
+            path = path[2:] if path.startswith("b/") else path
+            files.append(FilePatch(path, new_file, []))
+            i += 2
+            continue
+        match = HUNK_HEADER.match(line)
+        if match:
+            hunk = Hunk(int(match.group(1)), line)
+            files[-1].hunks.append(hunk)
+            i += 1
+            while i < len(lines) and lines[i][:1] in (" ", "-", "+", "\\") and not lines[i].startswith("--- "):
+                if lines[i].startswith("\\"):
+                    tag, text = hunk.lines[-1]
+                    hunk.lines[-1] = (tag, text.rstrip("\n"))
+                else:
+                    hunk.lines.append((lines[i][0], lines[i][1:]))
+                i += 1
+            continue
+        i += 1
+    return files
+
+
+def find_block(lines: List[str], block: List[str], hint: int) -> Optional[int]:
+    """Start index of ``block`` in ``lines``: at ``hint`` if it is there, else its unique place."""
+    size = len(block)
+    if lines[hint:hint + size] == block:
+        return hint
+    starts = [i for i in range(len(lines) - size + 1) if lines[i:i + size] == block]
+    return starts[0] if len(starts) == 1 else None
+
+
+FAIL = object()
+
+
+def transform(lines: List[str], hunks: List[Hunk], remove: str, add: str) -> Tuple[object, Optional[Hunk]]:
+    """``(text with each hunk's remove side replaced by its add side, None)``, or
+    ``(FAIL, the first hunk that does not match)``."""
+    out, pos, offset = [], 0, 0
+    for hunk in hunks:
+        old, new = hunk.side(remove), hunk.side(add)
+        start = find_block(lines, old, max(0, hunk.old_start - 1 + offset))
+        if start is None or start < pos:
+            return FAIL, hunk
+        out += lines[pos:start] + new
+        pos = start + len(old)
+        offset = start - (hunk.old_start - 1)
+    return "".join(out + lines[pos:]), None
+
+
+def outcomes(fp: FilePatch, current: Optional[str]) -> Tuple[object, object, Optional[str]]:
+    """``(text after applying, text after reverting, why applying fails)``; FAIL where impossible,
+    ``None`` text = the file does not exist."""
+    if fp.new_file:
+        wanted = "".join(fp.hunks[0].side("+"))
+        forward = wanted if current is None else FAIL
+        backward = None if current == wanted else FAIL
+        return forward, backward, None if current is None else f"{fp.path} already exists with other content"
+    if current is None:
+        return FAIL, FAIL, f"{fp.path} is missing"
+    lines = current.splitlines(keepends=True)
+    forward, failed = transform(lines, fp.hunks, "-", "+")
+    backward, _ = transform(lines, fp.hunks, "+", "-")
+    return forward, backward, failed.text() if failed is not None else None
+
+
+@dataclass
+class PatchState:
+    name: str
+    state: str                      # "applicable" | "applied" | "drifted"
+    files: List[str]
+    failing_file: Optional[str] = None
+    failing_hunk: Optional[str] = None
+    results: Dict[str, Optional[str]] = field(default_factory=dict)  # path -> new text (None = delete)
+
+
+def load_patch(name: str) -> List[FilePatch]:
+    return parse_patch((resources.files("craft_plugin.patches") / f"{name}.patch").read_text())
+
+
+def check_checkout(root: Path) -> None:
+    missing = [m for m in CHECKOUT_MARKERS if not (root / m).exists()]
+    if missing:
+        raise PatchError(f"{root} is not an arcface_torch checkout (recognition/arcface_torch): "
+                         f"missing {', '.join(missing)}")
+
+
+def plan(root: Path, name: str, files: Dict[str, Optional[str]], reverse: bool = False) -> PatchState:
+    """State of patch ``name`` against ``files`` (current texts, as left by earlier patches) and
+    the texts that applying it (or reverting it, when ``reverse``) would produce."""
+    patch = load_patch(name)
+    forward, backward = {}, {}
+    state = PatchState(name, "drifted", [fp.path for fp in patch])
+    for fp in patch:
+        if fp.path not in files:
+            path = root / fp.path
+            files[fp.path] = path.read_bytes().decode("utf-8") if path.exists() else None
+        forward[fp.path], backward[fp.path], why = outcomes(fp, files[fp.path])
+        if why and state.failing_hunk is None and forward[fp.path] is FAIL:
+            state.failing_file, state.failing_hunk = fp.path, why
+    if all(v is not FAIL for v in forward.values()):
+        state.state, state.failing_file, state.failing_hunk = "applicable", None, None
+        state.results = {} if reverse else forward
+    elif all(v is not FAIL for v in backward.values()):
+        state.state, state.failing_file, state.failing_hunk = "applied", None, None
+        state.results = backward if reverse else {}
+    return state
+
+
+def check(root) -> List[PatchState]:
+    root = Path(root)
+    check_checkout(root)
+    files: Dict[str, Optional[str]] = {}
+    states = []
+    for name in PATCH_NAMES:
+        state = plan(root, name, files)
+        states.append(state)
+        files.update({k: v for k, v in state.results.items()})
+    return states
+
+
+def write_all(root: Path, results: Dict[str, Optional[str]]) -> None:
+    for rel, text in results.items():
+        path = root / rel
+        if text is None:
+            path.unlink()
+            continue
+        tmp = path.with_name(path.name + ".craft-tmp")
+        tmp.write_bytes(text.encode("utf-8"))
+        os.replace(tmp, path)
+
+
+def apply(root) -> List[Tuple[str, str]]:
+    """Apply every patch not yet applied; returns ``(patch, "applied" | "already applied")``."""
+    root = Path(root)
+    states = check(root)
+    drifted = [s for s in states if s.state == "drifted"]
+    if drifted:
+        s = drifted[0]
+        raise PatchError(f"{s.name}.patch does not fit {root / (s.failing_file or '')}: upstream "
+                         f"drifted; this hunk no longer matches:\n{s.failing_hunk}")
+    results: Dict[str, Optional[str]] = {}
+    for s in states:
+        results.update(s.results)
+    write_all(root, results)
+    return [(s.name, "applied" if s.state == "applicable" else "already applied") for s in states]
+
+
+def revert(root) -> List[Tuple[str, str]]:
+    """Undo every applied patch (last first); returns ``(patch, "reverted" | "not applied")``."""
+    root = Path(root)
+    check_checkout(root)
+    files: Dict[str, Optional[str]] = {}
+    outcome, results = [], {}
+    for name in reversed(PATCH_NAMES):
+        state = plan(root, name, files, reverse=True)
+        if state.state == "drifted":
+            raise PatchError(f"{name}.patch cannot be reverted: {state.failing_hunk}")
+        files.update(state.results)
+        results.update(state.results)
+        outcome.append((name, "reverted" if state.state == "applied" else "not applied"))
+    write_all(root, results)
+    return outcome[::-1]

@@ -1,0 +1,1 @@
+"""The unified diffs that `craft-plugin patch` applies to an arcface_torch checkout."""
