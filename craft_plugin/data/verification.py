@@ -6,7 +6,8 @@ For each pair set: embeddings of the images and of their horizontal flips are su
 (the first best), and it is scored on the held-out fold (folds as sklearn's unshuffled KFold).
 VAL@FAR=1e-3 follows upstream, except that the FAR -> threshold interpolation first keeps one
 threshold per distinct FAR (the smallest), where upstream's ``interp1d`` fails on ties.
-Unlike upstream, a set smaller than one batch is embedded in one short batch.
+Unlike upstream, a set smaller than one batch is embedded in one short batch, and a set with fewer
+pairs than folds uses one fold per pair (with a warning).
 """
 from __future__ import annotations
 
@@ -95,7 +96,9 @@ def test(data_set: Tuple[List[torch.Tensor], List[bool]], backbone: torch.nn.Mod
     emb = per_view[0] + per_view[1]
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     dist = np.sum((emb[0::2] - emb[1::2]) ** 2, axis=1)
-    accuracy = kfold_accuracy(dist, np.asarray(issame_list, dtype=bool), nfolds)
+    if dist.size < nfolds:
+        logging.warning("verification: %d pairs, fewer than %d folds; using %d folds", dist.size, nfolds, dist.size)
+    accuracy = kfold_accuracy(dist, np.asarray(issame_list, dtype=bool), min(nfolds, dist.size))
     return float(accuracy.mean()), float(accuracy.std()), xnorm
 
 

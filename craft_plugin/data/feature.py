@@ -1,0 +1,58 @@
+"""``config.rec_reader``: which code reads ``.rec``/``.bin`` data in a patched arcface_torch run.
+
+- ``"auto"`` (the default, also when the key is unset): our reader and verification only when
+  mxnet cannot be imported (not installed, or mxnet 1.9.1 beside numpy >= 1.24); otherwise
+  upstream's path stays, untouched.
+- ``"craft"``: always ours.  ``"mxnet"``: always upstream's (an error if mxnet cannot be imported).
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Callable, Optional
+
+from craft_plugin.errors import ConfigError
+from craft_plugin.features import FEATURES, Feature
+
+CHOICES = ("auto", "craft", "mxnet")
+
+
+def mxnet_problem() -> Optional[str]:
+    """Why mxnet cannot be imported here, or None when it can."""
+    try:
+        import mxnet  # noqa: F401
+    except Exception as exc:  # mxnet 1.9.1 raises AttributeError (np.bool) beside numpy >= 1.24
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@FEATURES.register("rec_reader")
+class RecReaderFeature(Feature):
+    name = "rec_reader"
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Optional["RecReaderFeature"]:
+        choice = cfg.get("rec_reader") or "auto"
+        if choice not in CHOICES:
+            raise ConfigError("rec_reader", choice, f"one of {list(CHOICES)}")
+        if choice == "craft":
+            return cls()
+        problem = mxnet_problem()
+        if choice == "mxnet":
+            if problem:
+                raise ConfigError("rec_reader", choice, f'"auto" or "craft": mxnet cannot be imported ({problem})')
+            return None
+        if problem is None:
+            return None
+        logging.info("craft-plugin: mxnet cannot be imported (%s); reading data with craft-plugin's reader", problem)
+        return cls()
+
+    def dataloader_factory(self, factory: Callable, cfg: Any) -> Callable:
+        from craft_plugin.data.dataloader import get_dataloader
+
+        return functools.partial(get_dataloader, fallback=factory)
+
+    def verification_class(self, callback_class: type, cfg: Any) -> type:
+        from craft_plugin.data.verification import CallBackVerification
+
+        return CallBackVerification
