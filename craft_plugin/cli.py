@@ -10,6 +10,7 @@ from typing import List, Optional
 
 # verb -> module; modules are imported on use so `craft-plugin --help` stays fast
 COMMANDS = {
+    "demo": "craft_plugin.commands.demo",
     "patch": "craft_plugin.commands.patch",
 }
 
