@@ -12,6 +12,7 @@ from typing import List, Optional
 COMMANDS = {
     "demo": "craft_plugin.commands.demo",
     "patch": "craft_plugin.commands.patch",
+    "presets": "craft_plugin.commands.presets",
 }
 
 

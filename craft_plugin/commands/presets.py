@@ -1,0 +1,32 @@
+"""``craft-plugin presets``: the named presets, their values and sources; and the margin losses
+with their parameters and defaults."""
+from __future__ import annotations
+
+import argparse
+
+from craft_plugin.cli import print_json
+from craft_plugin.losses import MARGIN_LOSSES, default_parameters
+from craft_plugin.presets import PRESETS
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("presets", help="list presets (config.preset) and margin losses (config.margin_loss)",
+                       description=__doc__)
+    p.add_argument("--json", action="store_true", help="one JSON object on the last line")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    presets = {name: {"values": PRESETS.get(name).values, "source": PRESETS.get(name).source}
+               for name in PRESETS.names()}
+    losses = {name: default_parameters(name) for name in MARGIN_LOSSES.names()}
+    print("presets (config.preset = NAME):")
+    for name, info in presets.items():
+        print(f"  {name:<28} {info['values']}")
+        print(f"  {'':<28} source: {info['source']}")
+    print("\nmargin losses (config.margin_loss = NAME or {'name': NAME, ...}):")
+    for name, params in losses.items():
+        print(f"  {name:<28} {params}")
+    if args.json:
+        print_json({"presets": presets, "margin_losses": losses})
+    return 0

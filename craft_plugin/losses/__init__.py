@@ -1,0 +1,40 @@
+"""Margin losses for arcface_torch's Partial FC, selected by ``config.margin_loss``.
+
+``config.margin_loss = "<name>"`` or ``{"name": "<name>", <parameters>}``; names are those of
+:data:`MARGIN_LOSSES` (``craft-plugin presets`` lists them with values). Adding a loss is one
+module registering a :class:`~craft_plugin.losses.base.MarginLoss` subclass plus one import here.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Union
+
+from craft_plugin.errors import ConfigError
+from craft_plugin.losses import baselines, elasticface, sphereface_r  # noqa: F401  (registration)
+from craft_plugin.losses.base import MarginLoss
+from craft_plugin.losses.registry import MARGIN_LOSSES
+
+
+def build_margin_loss(spec: Union[str, dict]) -> MarginLoss:
+    """A margin loss from ``config.margin_loss``."""
+    if isinstance(spec, str):
+        spec = {"name": spec}
+    if not isinstance(spec, dict) or "name" not in spec:
+        raise ConfigError("margin_loss", spec, 'a loss name or a dict with a "name" key')
+    params = dict(spec)
+    cls = MARGIN_LOSSES.get(params.pop("name"))
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    for key in params:
+        if key not in allowed:
+            raise ConfigError(f"margin_loss.{key}", params[key], f"one of the parameters {allowed} of {spec['name']!r}")
+    return cls(**params)
+
+
+def default_parameters(name: str) -> dict:
+    """The parameters and defaults of loss ``name``."""
+    signature = inspect.signature(MARGIN_LOSSES.get(name).__init__)
+    return {k: (list(p.default) if isinstance(p.default, tuple) else p.default)
+            for k, p in signature.parameters.items() if k != "self"}
+
+
+__all__ = ["MARGIN_LOSSES", "MarginLoss", "build_margin_loss", "default_parameters"]

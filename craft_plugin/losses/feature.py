@@ -1,0 +1,41 @@
+"""``config.margin_loss`` as a plugin feature: replaces upstream's CombinedMarginLoss, picks the
+norm-aware Partial FC for losses that weight the loss or need feature norms, advances margin
+schedules on real optimizer steps and keeps the loss's state (step, generator) in checkpoints."""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+from craft_plugin.amp import step_was_skipped
+from craft_plugin.features import FEATURES, Feature
+from craft_plugin.losses import MarginLoss, build_margin_loss
+from craft_plugin.losses.norm_aware_pfc import norm_aware_partial_fc
+
+
+@FEATURES.register("margin_loss")
+class MarginLossFeature(Feature):
+    name = "margin_loss"
+
+    def __init__(self, loss: MarginLoss):
+        self.loss = loss
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> Optional["MarginLossFeature"]:
+        spec = cfg.get("margin_loss")
+        return None if spec is None else cls(build_margin_loss(spec))
+
+    def margin_loss(self, loss: Callable, cfg: Any) -> Callable:
+        return self.loss
+
+    def partial_fc_class(self, pfc_class: type, cfg: Any) -> type:
+        custom = type(self.loss).total_loss is not MarginLoss.total_loss
+        return norm_aware_partial_fc(pfc_class) if self.loss.needs_norms or custom else pfc_class
+
+    def on_optimizer_step(self, *, global_step: int, optimizer: Any, scaler: Any) -> None:
+        if not step_was_skipped(scaler, optimizer):
+            self.loss.on_step()
+
+    def state_dict(self) -> dict:
+        return self.loss.extra_state()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loss.load_extra_state(state)

@@ -1,0 +1,115 @@
+"""SphereFace-R (Liu, Wen, Raj, Singh, Weller; TPAMI 2022, arXiv 2109.05565).
+
+Multiplicative angular margin m on the target angle, with the paper's magnitude types:
+  v0: psi(theta) = (-1)^k cos(m theta) - 2k,  k = floor(m theta / pi)   (target only)
+  v1: psi(theta) = cos(min(m theta, pi))                                  (target only)
+  v2: target keeps cos theta_y; every non-target logit becomes cos(theta_j / m)
+Characteristic gradient detachment (default ``detach=True``): the forward value is psi but the
+gradient is that of cos theta, i.e. logit = cos + (psi - cos).detach().
+Feature normalisation (``norm``):
+  hard: logits = s * (...);           loss = lw * CE / s
+  none: logits = ||x|| * (...);       loss = lw * CE
+  soft: logits = ||x|| * (...);       loss = lw * CE / s + t * mean_i | ||x_i|| - s |
+Margin schedule: m_eff = m + dm * (number of entries of ``steps`` already passed), counted in
+real optimizer steps. Defaults: s=30, m=1.5, lw=50, t=0.01 (the authors' OpenSphere settings);
+dm=0 and no steps (a fixed margin) are our defaults for "none" and "soft".
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+
+from craft_plugin.errors import ConfigError
+from craft_plugin.losses.base import MarginLoss, in_range, non_negative, positive, theta_of
+from craft_plugin.losses.registry import MARGIN_LOSSES
+
+MAGNITUDES = ("v0", "v1", "v2")
+NORMS = ("hard", "none", "soft")
+
+
+def psi(theta: torch.Tensor, m: float, magnitude: str) -> torch.Tensor:
+    """The target logit before scaling, for magnitude types v0 and v1."""
+    m_theta = m * theta
+    if magnitude == "v0":
+        k = torch.floor(m_theta / math.pi)
+        return (1 - 2 * torch.remainder(k, 2)) * torch.cos(m_theta) - 2 * k
+    return torch.cos(m_theta.clamp(max=math.pi))
+
+
+@MARGIN_LOSSES.register("sphereface-r")
+class SphereFaceR(MarginLoss):
+    def __init__(self, s: float = 30.0, m: float = 1.5, magnitude: str = "v0", norm: str = "hard",
+                 detach: bool = True, lw: float = 50.0, t: float = 0.01, dm: float = 0.0,
+                 steps: Sequence[int] = ()):
+        super().__init__(s)
+        if magnitude not in MAGNITUDES:
+            raise ConfigError("margin_loss.magnitude", magnitude, f"one of {list(MAGNITUDES)}")
+        if norm not in NORMS:
+            raise ConfigError("margin_loss.norm", norm, f"one of {list(NORMS)}")
+        if not isinstance(detach, bool):
+            raise ConfigError("margin_loss.detach", detach, "True or False")
+        if not all(isinstance(x, int) and x >= 0 for x in steps):
+            raise ConfigError("margin_loss.steps", steps, "a list of step numbers >= 0")
+        self.m = in_range("margin_loss.m", m, 1.0, 10.0)
+        self.magnitude, self.norm, self.detach = magnitude, norm, detach
+        self.lw = positive("margin_loss.lw", lw)
+        self.t = non_negative("margin_loss.t", t)
+        self.dm = non_negative("margin_loss.dm", dm)
+        self.steps = sorted(steps)
+        self.step = 0
+        self.needs_norms = norm != "hard"
+
+    def current_m(self) -> float:
+        return self.m + self.dm * sum(1 for s in self.steps if s < self.step)
+
+    def on_step(self) -> None:
+        self.step += 1
+
+    def shaped(self, cos: torch.Tensor, value_fn) -> torch.Tensor:
+        if self.detach:
+            with torch.no_grad():
+                value = value_fn(theta_of(cos))
+            return cos + (value - cos).detach()
+        return value_fn(theta_of(cos))
+
+    def target_logit(self, cos, rows, batch):
+        if self.magnitude == "v2":
+            return cos
+        m = self.current_m()
+        return self.shaped(cos, lambda theta: psi(theta, m, self.magnitude))
+
+    def forward(self, logits, labels, norms=None):
+        if self.magnitude == "v2":
+            m = self.current_m()
+            flat = labels.view(-1)
+            rows = torch.nonzero(flat != -1).view(-1)
+            cols = flat[rows]
+            target = logits[rows, cols].float()
+            logits = self.shaped(logits.float(), lambda theta: torch.cos(theta / m))
+            logits[rows, cols] = target
+            return self.scale(logits, norms)
+        return super().forward(logits, labels, norms)
+
+    def scale(self, logits: torch.Tensor, norms: Optional[torch.Tensor]) -> torch.Tensor:
+        if self.norm == "hard":
+            return logits * self.s
+        if norms is None:
+            raise RuntimeError('margin_loss.norm = "none"/"soft" needs the norm-aware Partial FC '
+                               "(chosen automatically through the partial_fc_class hook)")
+        return logits * norms.to(logits.dtype)
+
+    def total_loss(self, ce: torch.Tensor, norms: Optional[torch.Tensor], world_size: int) -> torch.Tensor:
+        loss = self.lw * ce if self.norm == "none" else self.lw * ce / self.s
+        if self.norm == "soft":
+            reg = self.t * (norms.view(-1) - self.s).abs().mean()
+            # every rank holds the same regulariser; count its gradient once across ranks
+            loss = loss + reg.detach() + (reg - reg.detach()) / world_size
+        return loss
+
+    def extra_state(self) -> dict:
+        return {"step": self.step}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.step = int(state["step"])
