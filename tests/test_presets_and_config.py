@@ -1,0 +1,89 @@
+"""Presets, the plugin's config keys, the margin-loss feature in training, and the CLI surface."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from easydict import EasyDict
+
+import craft_plugin.plugin
+from craft_plugin.cli import main
+from craft_plugin.config import resolve_config
+from craft_plugin.errors import ConfigError
+from craft_plugin.losses.norm_aware_pfc import norm_aware_partial_fc
+from craft_plugin.mini.config import get_config
+from craft_plugin.mini.partial_fc import PartialFC_V2
+from craft_plugin.mini.train import train
+from craft_plugin.plugin import build_features
+from craft_plugin.presets import PRESETS, preset_values
+
+
+@pytest.mark.parametrize("name", PRESETS.names())
+def test_every_preset_resolves_and_builds(name):
+    cfg = resolve_config(EasyDict(preset=name, margin_list=(1.0, 0.5, 0.0)))
+    for key, value in PRESETS.get(name).values.items():
+        assert cfg[key] == value
+    features = {f.name for f in build_features(cfg)}
+    assert ("margin_loss" in features) == ("margin_loss" in PRESETS.get(name).values)
+    assert ("reactivation" in features) == name.endswith("craft")
+    assert PRESETS.get(name).source
+
+
+def test_explicit_keys_win_over_the_preset():
+    cfg = resolve_config(EasyDict(preset="elasticface-arc+craft", reactivation={"every": 10}))
+    assert cfg.reactivation == {"every": 10}
+    assert cfg.margin_loss == preset_values("elasticface-arc")["margin_loss"]
+
+
+def test_unknown_preset_and_misspelled_keys_are_errors():
+    with pytest.raises(ConfigError, match="config.preset = 'arcfase'"):
+        resolve_config(EasyDict(preset="arcfase"))
+    with pytest.raises(ConfigError, match="did you mean config.reactivation"):
+        resolve_config(EasyDict(reactivaton="craft"))
+    with pytest.raises(ConfigError, match="did you mean config.margin_loss"):
+        resolve_config(EasyDict(margin_los="arcface"))
+    assert resolve_config(EasyDict(my_own_key=1, network="r50")).my_own_key == 1
+
+
+def test_hook_api_version_is_checked():
+    with pytest.raises(RuntimeError, match="hook API"):
+        craft_plugin.plugin.config(EasyDict(), api=2)
+
+
+def test_norm_aware_partial_fc_is_a_drop_in(tmp_path):
+    cfg = get_config(str(tmp_path), num_epoch=2, rec="synthetic:16x4", num_classes=16, num_image=64,
+                     batch_size=8, save_all_states=True, num_workers=1,
+                     margin_loss={"name": "sphereface-r", "norm": "soft", "dm": 0.5, "steps": [3]})
+    result = train(cfg, plugins=[craft_plugin.plugin])
+    assert type(result.partial_fc).__name__ == "NormAwarePartialFC_V2"
+    assert isinstance(result.partial_fc, PartialFC_V2)
+    assert all(torch.isfinite(torch.tensor(result.losses)))
+    saved = torch.load(tmp_path / "checkpoint_gpu_0.pt", weights_only=False)
+    assert saved["craft_plugin"]["margin_loss"] == {"step": 16}
+    plain = PartialFC_V2(lambda x, y: x, 64, 16)
+    plain.load_state_dict(saved["state_dict_softmax_fc"])  # checkpoints interchange
+    assert norm_aware_partial_fc(PartialFC_V2)(lambda x, y: x, 64, 16).state_dict().keys() == plain.state_dict().keys()
+
+
+def test_elasticface_training_resume_is_exact(tmp_path):
+    def cfg(path, **kw):
+        return get_config(str(path), num_epoch=2, rec="synthetic:16x4", num_classes=16, num_image=64,
+                          batch_size=8, save_all_states=True, num_workers=1, preset="elasticface-cos-plus", **kw)
+    whole = train(cfg(tmp_path / "a"), plugins=[craft_plugin.plugin])
+    train(cfg(tmp_path / "b", stop_after_epoch=1), plugins=[craft_plugin.plugin])
+    resumed = train(cfg(tmp_path / "b", resume=True), plugins=[craft_plugin.plugin])
+    assert resumed.losses == whole.losses[-len(resumed.losses):]
+
+
+def test_cli_help_and_presets_json(capsys):
+    out = subprocess.run([sys.executable, "-m", "craft_plugin.cli", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for verb in ("demo", "patch", "inspect", "presets", "rec"):
+        assert verb in out.stdout
+    assert main(["presets", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(report["presets"]) == set(PRESETS.names())
+    assert report["margin_losses"]["elasticface-cos-plus"]["sigma"] == 0.02
