@@ -14,6 +14,7 @@ COMMANDS = {
     "inspect": "craft_plugin.commands.inspect",
     "patch": "craft_plugin.commands.patch",
     "presets": "craft_plugin.commands.presets",
+    "rec": "craft_plugin.commands.rec",
 }
 
 

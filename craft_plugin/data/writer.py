@@ -12,33 +12,41 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import Iterable, List, Sequence, Tuple
+from typing import Iterable, List, Sequence, Tuple, Union
 
 import numpy as np
 
 from craft_plugin.data.recordio import IRHeader, pack, write_records
-from craft_plugin.data.transforms import encode_jpeg
+from craft_plugin.data.transforms import decode_rgb, encode_jpeg
 
 
-def write_rec(out_dir, images: Iterable[Tuple[np.ndarray, int]], quality: int = 90,
+def as_payload(image: Union[np.ndarray, bytes], quality: int) -> Tuple[bytes, tuple]:
+    """(encoded bytes, HWC shape): arrays are JPEG-encoded, encoded files kept as they are."""
+    if isinstance(image, np.ndarray):
+        return encode_jpeg(image, quality), image.shape
+    return bytes(image), decode_rgb(bytes(image), "an image to pack").shape
+
+
+def write_rec(out_dir, images: Iterable[Tuple[Union[np.ndarray, bytes], int]], quality: int = 90,
               header: bool = True, name: str = "train") -> Path:
-    """Write ``<out_dir>/<name>.rec``, ``.idx`` and ``property``; returns ``out_dir``."""
+    """Write ``<out_dir>/<name>.rec``, ``.idx`` and ``property``; returns ``out_dir``. Images are
+    RGB uint8 HWC arrays (JPEG-encoded at ``quality``) or already-encoded JPEG/PNG bytes."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    items = sorted(((int(label), img) for img, label in images), key=lambda item: item[0])
+    items = sorted(((int(label), as_payload(img, quality)) for img, label in images), key=lambda item: item[0])
     if not items:
         raise ValueError("write_rec needs at least one image")
-    shapes = {img.shape for _, img in items}
+    shapes = {payload[1] for _, payload in items}
     if len(shapes) != 1:
         raise ValueError(f"all images must have one shape, got {sorted(shapes)}")
     height, width, _ = shapes.pop()
     first_key = 1 if header else 0
     records: List[Tuple[int, bytes]] = []
     bounds = {}
-    for i, (label, img) in enumerate(items):
+    for i, (label, (payload, _)) in enumerate(items):
         key = first_key + i
         bounds.setdefault(label, [key, key])[1] = key + 1
-        records.append((key, pack(IRHeader(0, float(label), key, 0), encode_jpeg(img, quality))))
+        records.append((key, pack(IRHeader(0, float(label), key, 0), payload)))
     if header:
         first_identity = first_key + len(items)
         identity_records = [(first_identity + j, pack(IRHeader(2, np.array(bounds[label], np.float32),

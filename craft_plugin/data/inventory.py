@@ -1,0 +1,72 @@
+"""Facts about a ``.rec`` dataset (``rec info``) and a full integrity walk (``rec verify``)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Iterator, List, Union
+
+import numpy as np
+
+from craft_plugin.data.dataset import image_keys
+from craft_plugin.data.recordio import RecordFile, unpack
+from craft_plugin.data.transforms import decode_rgb
+from craft_plugin.errors import RecordError
+
+
+def open_records(path: Union[str, Path]) -> RecordFile:
+    """A ``.rec`` file, or the ``train.rec`` of a dataset folder."""
+    path = Path(path)
+    return RecordFile(path / "train.rec" if path.is_dir() else path)
+
+
+def info(path: Union[str, Path]) -> Dict:
+    records = open_records(path)
+    header, body = unpack(records.read(records.keys[0]), records.rec_path)
+    has_header = records.keys[0] == 0 and header.flag > 0 and not body
+    keys = image_keys(records)
+    first_image, first_body = unpack(records.read(int(keys[0])), records.rec_path)
+    facts = {"rec": records.rec_path, "idx": records.idx_path, "records": len(records), "images": len(keys),
+             "layout": "insightface (header record 0)" if has_header else "no header (im2rec/shuffled)",
+             "label": "array (first value is the class)" if first_image.flag > 0 else "scalar",
+             "file_bytes": records.size}
+    if has_header:
+        facts["identities"] = int(header.label[1]) - int(header.label[0])
+    image = decode_rgb(first_body, f"{records.rec_path} record {int(keys[0])}")
+    facts["image_size"] = list(image.shape[:2])
+    prop = Path(records.rec_path).with_name("property")
+    if prop.exists():
+        facts["property"] = prop.read_text().splitlines()[0].strip()
+    return facts
+
+
+def verify(path: Union[str, Path]) -> Iterator[Dict]:
+    """Yields one dict per record: ``{"key", "offset", "problem"}`` (``problem`` None when fine)."""
+    records = open_records(path)
+    images = set(image_keys(records).tolist())
+    for key, offset in zip(records.keys, records.offsets.tolist()):
+        problem = None
+        try:
+            header, body = unpack(records.read_at(offset)[0], f"record {key}")
+            if key in images:
+                decode_rgb(body, f"record {key}")
+        except (RecordError, ValueError) as exc:
+            problem = str(exc)
+        yield {"key": key, "offset": offset, "problem": problem}
+
+
+def identity_folders(folder: Union[str, Path]) -> List[Path]:
+    subdirs = sorted(p for p in Path(folder).iterdir() if p.is_dir())
+    if not subdirs:
+        raise ValueError(f"{folder}: expected one sub-folder per identity, found none")
+    return subdirs
+
+
+def folder_images(folder: Union[str, Path]) -> Iterator:
+    """``(encoded bytes, label)`` for every image file, identities in sorted folder order."""
+    exts = {".jpg", ".jpeg", ".png", ".bmp"}
+    for label, sub in enumerate(identity_folders(folder)):
+        for file in sorted(sub.iterdir()):
+            if file.suffix.lower() in exts:
+                data = file.read_bytes()
+                decode_rgb(data, str(file))
+                yield data, label
