@@ -30,8 +30,9 @@ def filter_norms(weight: torch.Tensor) -> torch.Tensor:
 
 
 def reference_norm(norms: torch.Tensor, quantile: float) -> float:
-    strong = norms[norms >= torch.quantile(norms, quantile)]
-    return float(strong.median())
+    """Median of the norms at or above the ``quantile`` (lower-rank convention)."""
+    ordered = norms.sort().values
+    return float(ordered[int(quantile * (ordered.numel() - 1)):].median())
 
 
 def inactive_mask(norms: torch.Tensor, criterion: Criterion) -> torch.Tensor:

@@ -11,6 +11,7 @@ written; a non-finite value is refused with an error and nothing changes.
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional
 
 import torch
@@ -53,7 +54,7 @@ def apply_revival(layer: FirstLayer, optimizer: Optional[torch.optim.Optimizer],
     if not torch.isfinite(filters).all():
         raise FloatingPointError(f"refusing to write non-finite filters into {layer.name}")
     values = follower_values(layer, live) if reset_followers else {}
-    if not all(torch.isfinite(torch.tensor(v)) for v in values.values()):
+    if not all(math.isfinite(v) for v in values.values()):
         raise FloatingPointError(f"refusing to write non-finite BatchNorm/PReLU values after {layer.name}")
     index = torch.tensor(rows, dtype=torch.long, device=layer.conv.weight.device)
     weight = layer.conv.weight

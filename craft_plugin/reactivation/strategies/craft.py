@@ -25,14 +25,12 @@ def craft(weight: torch.Tensor, strong: torch.Tensor, count: int, generator: tor
     flat = weight[strong].flatten(1)
     parents = min(options.parents, len(strong))
     target = flat.norm(dim=1).median()
-    out = torch.empty(count, flat.size(1))
-    for i in range(count):
-        pick = torch.randperm(len(strong), generator=generator)[:parents]
-        mix = -torch.log(torch.rand(parents, generator=generator).clamp_min(1e-12))  # Dirichlet(1)
-        mix = mix / mix.sum()
-        signs = torch.randint(0, 2, (parents,), generator=generator) * 2.0 - 1.0
-        combo = (signs * mix) @ flat[pick]
-        noise = torch.randn(flat.size(1), generator=generator)
-        combo = combo + options.noise * combo.norm() * noise / noise.norm()
-        out[i] = combo * (target / combo.norm().clamp_min(1e-12))
+    picks = torch.rand(count, len(strong), generator=generator).argsort(dim=1)[:, :parents]
+    mix = -torch.log(torch.rand(count, parents, generator=generator).clamp_min(1e-12))  # Dirichlet(1)
+    mix = mix / mix.sum(dim=1, keepdim=True)
+    signs = torch.randint(0, 2, (count, parents), generator=generator) * 2.0 - 1.0
+    combo = torch.einsum("kp,kpd->kd", signs * mix, flat[picks])
+    noise = torch.randn(count, flat.size(1), generator=generator)
+    combo = combo + options.noise * combo.norm(dim=1, keepdim=True) * noise / noise.norm(dim=1, keepdim=True)
+    out = combo * (target / combo.norm(dim=1, keepdim=True).clamp_min(1e-12))
     return out.view(count, *weight.shape[1:])

@@ -1,0 +1,119 @@
+"""Margin-loss cost: forward+backward time and peak memory against upstream's CombinedMarginLoss.
+
+For each (B, C) and each loss: logits (B, C) of cosines with labels (10% of rows -1, as on a
+rank of a sharded run), then loss(logits) -> cross-entropy -> backward. Time: median of repeats
+in this process. Peak memory: each case runs once more in a fresh process and reports its peak
+RSS growth over the inputs, in units of one (B, C) float32 buffer. Ratios are against our replica
+of upstream's CombinedMarginLoss ArcFace path (craft_plugin.mini.losses), measured in the same
+run. The norm-aware Partial FC step (soft) is compared with the stock Partial FC step.
+
+usage: python bench/bench_losses.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from craft_plugin.losses import build_margin_loss
+from craft_plugin.losses.norm_aware_pfc import norm_aware_partial_fc
+from craft_plugin.mini.losses import CombinedMarginLoss
+from craft_plugin.mini.partial_fc import PartialFC_V2
+
+CASES = {
+    "upstream-arcface": lambda: CombinedMarginLoss(64, 1.0, 0.5, 0.0),
+    "floor (logits*s)": lambda: (lambda logits, labels: logits * 64),
+    "elasticface-arc": lambda: build_margin_loss("elasticface-arc"),
+    "elasticface-arc-plus": lambda: build_margin_loss("elasticface-arc-plus"),
+    "elasticface-cos": lambda: build_margin_loss("elasticface-cos"),
+    "elasticface-cos-plus": lambda: build_margin_loss("elasticface-cos-plus"),
+    "sphereface-r-v0": lambda: build_margin_loss({"name": "sphereface-r", "magnitude": "v0"}),
+    "sphereface-r-v1": lambda: build_margin_loss({"name": "sphereface-r", "magnitude": "v1"}),
+    "sphereface-r-v2": lambda: build_margin_loss({"name": "sphereface-r", "magnitude": "v2"}),
+}
+
+
+def inputs(batch: int, classes: int):
+    gen = torch.Generator().manual_seed(0)
+    cos = torch.rand(batch, classes, generator=gen) * 2 - 1
+    labels = torch.randint(0, classes, (batch, 1), generator=gen)
+    labels[torch.rand(batch, generator=gen) < 0.1] = -1
+    return cos, labels
+
+
+def step(loss_fn, cos: torch.Tensor, labels: torch.Tensor) -> None:
+    logits = cos.clone().requires_grad_(True)
+    out = loss_fn(logits.clamp(-1, 1), labels)
+    F.cross_entropy(out, labels.view(-1), ignore_index=-1).backward()
+
+
+def time_case(name: str, batch: int, classes: int, repeats: int) -> float:
+    cos, labels = inputs(batch, classes)
+    loss_fn = CASES[name]()
+    step(loss_fn, cos, labels)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        step(loss_fn, cos, labels)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def peak_buffers(name: str, batch: int, classes: int) -> float:
+    """Peak RSS growth of one step in a fresh process, in (B, C) float32 buffers."""
+    code = ("import sys, resource; sys.path.insert(0, 'bench'); import bench_losses as b; "
+            f"cos, labels = b.inputs({batch}, {classes}); fn = b.CASES[{name!r}](); "
+            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; b.step(fn, cos, labels); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(out.stdout.strip()) * 1024 / (batch * classes * 4)
+
+
+def pfc_step_time(pfc_class, loss, batch: int, classes: int, repeats: int) -> float:
+    torch.manual_seed(0)
+    pfc = pfc_class(loss, 512, classes, 1.0, False)
+    emb = torch.randn(batch, 512)
+    labels = torch.randint(0, classes, (batch,))
+    times = []
+    for _ in range(repeats + 1):
+        x = emb.clone().requires_grad_(True)
+        start = time.perf_counter()
+        pfc(x, labels.clone()).backward()
+        times.append(time.perf_counter() - start)
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (smoke run)")
+    args = parser.parse_args()
+    sizes = [(64, 5000)] if args.quick else [(256, 50000), (512, 100000)]
+    repeats = 3 if args.quick else 7
+    figures = {}
+    print(f"{'(B, C)':<16}{'loss':<24}{'fwd+bwd ms':>12}{'x upstream':>12}{'peak (B,C) bufs':>17}")
+    for batch, classes in sizes:
+        base = time_case("upstream-arcface", batch, classes, repeats)
+        for name in CASES:
+            t = base if name == "upstream-arcface" else time_case(name, batch, classes, repeats)
+            mem = peak_buffers(name, batch, classes)
+            figures[f"{batch}x{classes}/{name}"] = {"ms": round(t * 1000, 2), "ratio": round(t / base, 3),
+                                                    "peak_buffers": round(mem, 2)}
+            print(f"{str((batch, classes)):<16}{name:<24}{t * 1000:>12.1f}{t / base:>12.2f}{mem:>17.2f}")
+        soft = build_margin_loss({"name": "sphereface-r", "norm": "soft"})
+        stock = pfc_step_time(PartialFC_V2, CombinedMarginLoss(64, 1.0, 0.5, 0.0), batch, classes, repeats)
+        aware = pfc_step_time(norm_aware_partial_fc(PartialFC_V2), soft, batch, classes, repeats)
+        figures[f"{batch}x{classes}/pfc-soft-vs-stock"] = {"stock_ms": round(stock * 1000, 2),
+                                                           "norm_aware_ms": round(aware * 1000, 2),
+                                                           "ratio": round(aware / stock, 3)}
+        print(f"{str((batch, classes)):<16}{'PFC step: soft/stock':<24}{aware * 1000:>12.1f}{aware / stock:>12.2f}")
+    print(json.dumps({"bench": "losses", "figures": figures}))
+
+
+if __name__ == "__main__":
+    main()
