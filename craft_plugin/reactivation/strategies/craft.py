@@ -25,11 +25,11 @@ def craft(weight: torch.Tensor, strong: torch.Tensor, count: int, generator: tor
     flat = weight[strong].flatten(1)
     parents = min(options.parents, len(strong))
     target = flat.norm(dim=1).median()
-    picks = torch.rand(count, len(strong), generator=generator).argsort(dim=1)[:, :parents]
+    picks = torch.rand(count, len(strong), generator=generator).topk(parents, dim=1).indices
     mix = -torch.log(torch.rand(count, parents, generator=generator).clamp_min(1e-12))  # Dirichlet(1)
     mix = mix / mix.sum(dim=1, keepdim=True)
     signs = torch.randint(0, 2, (count, parents), generator=generator) * 2.0 - 1.0
-    combo = torch.einsum("kp,kpd->kd", signs * mix, flat[picks])
+    combo = torch.bmm((signs * mix).unsqueeze(1), flat[picks]).squeeze(1)
     noise = torch.randn(count, flat.size(1), generator=generator)
     combo = combo + options.noise * combo.norm(dim=1, keepdim=True) * noise / noise.norm(dim=1, keepdim=True)
     out = combo * (target / combo.norm(dim=1, keepdim=True).clamp_min(1e-12))
