@@ -24,7 +24,7 @@ HERE = Path(__file__).resolve().parent
 
 def test_fixture_reads_as_its_readme_states(mxnet_fixture_dir):
     records = RecordFile(mxnet_fixture_dir / "train.rec")
-    assert records.keys == list(range(10))
+    assert records.keys.tolist() == list(range(10))
     assert records.offsets[:3].tolist() == [0, 40, 6544]
     header, body = unpack(records.read(0))
     assert (header.flag, header.label.tolist(), header.id, header.id2, body) == (2, [7.0, 10.0], 0, 1, b"")
@@ -44,7 +44,7 @@ def test_fixture_reads_as_its_readme_states(mxnet_fixture_dir):
 
 def test_rewriting_the_fixture_payloads_is_byte_identical(mxnet_fixture_dir, tmp_path):
     records = RecordFile(mxnet_fixture_dir / "train.rec")
-    write_records(tmp_path / "train.rec", [(key, records.read(key)) for key in records.keys])
+    write_records(tmp_path / "train.rec", [(key, records.read(key)) for key in records.keys.tolist()])
     assert (tmp_path / "train.rec").read_bytes() == (mxnet_fixture_dir / "train.rec").read_bytes()
     assert (tmp_path / "train.idx").read_bytes() == (mxnet_fixture_dir / "train.idx").read_bytes()
 
@@ -81,7 +81,7 @@ def test_byte_compatibility_with_real_mxnet(legacy_python, tmp_path):
     mx_read = {key: bytes.fromhex(raw) for key, raw, *_ in result["read"]}
     assert mx_read == dict(payloads)
     ours = RecordFile(tmp_path / "mx.rec")
-    assert {k: ours.read(k) for k in ours.keys} == dict(payloads)
+    assert {k: ours.read(k) for k in ours.keys.tolist()} == dict(payloads)
     for key, _, flag, label, id1, id2, body in result["read"][-2:]:
         header, our_body = unpack(ours.read(key))
         assert (header.flag, np.asarray(header.label).tolist(), header.id, header.id2) == (flag, label, id1, id2)
@@ -161,3 +161,12 @@ def test_encode_record_splits_only_at_aligned_magic():
     split = encode_record(b"abcd" + MAGIC_BYTES + b"ef")
     assert split == (struct.pack("<II", 0xCED7230A, (1 << 29) | 4) + b"abcd"
                      + struct.pack("<II", 0xCED7230A, (3 << 29) | 2) + b"ef\0\0")
+
+
+def test_keys_in_any_order(tmp_path):
+    write_records(tmp_path / "x.rec", [(7, b"seven"), (3, b"three"), (11, b"eleven")])
+    records = RecordFile(tmp_path / "x.rec")
+    assert [records.read(k) for k in (3, 7, 11)] == [b"three", b"seven", b"eleven"]
+    with pytest.raises(RecordError, match="key 4 is not in the index"):
+        records.read(4)
+    assert records.offsets.nbytes + records.keys.nbytes == 16 * 3

@@ -22,20 +22,20 @@ from craft_plugin.errors import RecordError
 
 def image_keys(records: RecordFile) -> np.ndarray:
     """The image keys of a record file, checked against its index."""
-    if not records.keys:
+    if not len(records.keys):
         raise RecordError(records.idx_path, 0, "the index lists no records")
-    first = records.keys[0]
+    first = int(records.keys[0])
     header, body = unpack(records.read(first), f"{records.rec_path} record {first}")
     if header.flag > 0 and first == 0 and not body:
         end_images, end = int(header.label[0]), int(header.label[1])
-        missing = sorted(set(range(1, end)) - set(records.keys))
-        if missing:
+        missing = np.setdiff1d(np.arange(1, end), records.keys)
+        if len(missing):
             raise RecordError(records.rec_path, records.offset_of(0),
                               f"header record says images are keys 1..{end_images - 1} and identities "
                               f"{end_images}..{end - 1}, but the index lacks {len(missing)} of them "
                               f"(first: {missing[0]})")
         return np.arange(1, end_images)
-    return np.asarray(records.keys, dtype=np.int64)
+    return records.keys
 
 
 def read_sample(records: RecordFile, key: int) -> Tuple[np.ndarray, int]:

@@ -21,8 +21,8 @@ def open_records(path: Union[str, Path]) -> RecordFile:
 
 def info(path: Union[str, Path]) -> Dict:
     records = open_records(path)
-    header, body = unpack(records.read(records.keys[0]), records.rec_path)
-    has_header = records.keys[0] == 0 and header.flag > 0 and not body
+    header, body = unpack(records.read(int(records.keys[0])), records.rec_path)
+    has_header = int(records.keys[0]) == 0 and header.flag > 0 and not body
     keys = image_keys(records)
     first_image, first_body = unpack(records.read(int(keys[0])), records.rec_path)
     facts = {"rec": records.rec_path, "idx": records.idx_path, "records": len(records), "images": len(keys),
@@ -43,7 +43,7 @@ def verify(path: Union[str, Path]) -> Iterator[Dict]:
     """Yields one dict per record: ``{"key", "offset", "problem"}`` (``problem`` None when fine)."""
     records = open_records(path)
     images = set(image_keys(records).tolist())
-    for key, offset in zip(records.keys, records.offsets.tolist()):
+    for key, offset in zip(records.keys.tolist(), records.offsets.tolist()):
         problem = None
         try:
             header, body = unpack(records.read_at(offset)[0], f"record {key}")

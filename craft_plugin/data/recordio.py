@@ -107,9 +107,12 @@ class RecordFile:
         if not os.path.exists(self.rec_path):
             raise RecordError(self.rec_path, 0, "record file missing")
         index = read_index(self.idx_path)
-        self.keys: List[int] = list(index)
+        self.keys = np.fromiter(index.keys(), dtype=np.int64, count=len(index))
         self.offsets = np.fromiter(index.values(), dtype=np.int64, count=len(index))
-        self._position = {key: i for i, key in enumerate(self.keys)}
+        # 16 bytes per record; a key lookup is arithmetic when keys run 0..N-1 (or k..k+N-1)
+        self._contiguous = bool(len(self.keys) == 0 or np.array_equal(
+            self.keys, np.arange(self.keys[0], self.keys[0] + len(self.keys))))
+        self._order = None if self._contiguous else np.argsort(self.keys, kind="stable")
         self.size = os.path.getsize(self.rec_path)
         self._map: Optional[mmap.mmap] = None
 
@@ -127,10 +130,19 @@ class RecordFile:
                 self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         return self._map
 
-    def offset_of(self, key: int) -> int:
-        if key not in self._position:
+    def position(self, key: int) -> int:
+        """Index of ``key`` in the ``.idx`` order."""
+        if self._contiguous:
+            pos = int(key) - int(self.keys[0]) if len(self.keys) else -1
+        else:
+            found = int(np.searchsorted(self.keys, key, sorter=self._order))
+            pos = int(self._order[found]) if found < len(self.keys) else -1
+        if not 0 <= pos < len(self.keys) or self.keys[pos] != key:
             raise RecordError(self.idx_path, 0, f"key {key} is not in the index")
-        return int(self.offsets[self._position[key]])
+        return pos
+
+    def offset_of(self, key: int) -> int:
+        return int(self.offsets[self.position(key)])
 
     def read(self, key: int) -> bytes:
         """The payload of record ``key`` (parts joined, magic re-inserted)."""
