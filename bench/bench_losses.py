@@ -41,7 +41,7 @@ CASES = {
 
 def inputs(batch: int, classes: int):
     gen = torch.Generator().manual_seed(0)
-    cos = torch.rand(batch, classes, generator=gen) * 2 - 1
+    cos = torch.empty(batch, classes).uniform_(-1, 1, generator=gen)  # one buffer, no temporaries
     labels = torch.randint(0, classes, (batch, 1), generator=gen)
     labels[torch.rand(batch, generator=gen) < 0.1] = -1
     return cos, labels

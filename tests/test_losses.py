@@ -61,7 +61,7 @@ def test_values_match_the_formula(name):
     loss = build_margin_loss({"name": name, **FIXED[name]})
     got = loss(cos.clone(), LABELS.clone())
     assert torch.allclose(got.double(), expected(name, cos, LABELS, FIXED[name]), atol=1e-4)
-    assert got.dtype == torch.float32
+    assert got.dtype == torch.float64  # fp16 becomes float32 (test_numerics_at_the_edges); float64 stays
 
 
 @pytest.mark.parametrize("name", ["elasticface-arc", "elasticface-cos", "sphereface-r", "cosface"])
@@ -235,3 +235,20 @@ def test_soft_loss_total_and_sampling():
     want = 2.0 * F.cross_entropy(logits, remapped) / 3.0 + 0.1 * (norms - 3.0).abs().mean()
     assert loss.item() == pytest.approx(want.item(), rel=1e-6)
     assert list(pfc.state_dict()) == ["weight"]
+
+
+@pytest.mark.parametrize("spec", [
+    {"name": "elasticface-arc", "sigma": 0.0}, {"name": "elasticface-cos-plus", "sigma": 0.0}, {"name": "cosface"},
+    {"name": "sphereface-r", "detach": False, "m": 1.7}, {"name": "sphereface-r", "detach": False, "magnitude": "v2"},
+    {"name": "sphereface-r", "norm": "none", "detach": False, "magnitude": "v1"},
+])
+def test_gradcheck_through_the_whole_loss(spec):
+    loss = build_margin_loss(spec)
+    cos = cosines(5).requires_grad_(True)
+    norms = torch.full((6, 1), 2.5, dtype=torch.float64)
+    weights = torch.randn(6, 5, dtype=torch.float64)
+
+    def fn(c):
+        return (loss(c * 1.0, LABELS.clone(), norms).double() * weights).sum()
+
+    assert torch.autograd.gradcheck(fn, (cos,), atol=1e-4, rtol=1e-3)

@@ -21,6 +21,11 @@ from craft_plugin.errors import ConfigError
 COS_EPS = 1e-6  # acos is clamped to [-1 + eps, 1 - eps]: finite gradients at cos = +-1
 
 
+def at_least_float32(logits: torch.Tensor) -> torch.Tensor:
+    """fp16/bf16 logits (an AMP backbone) become float32; float64 stays (tests, gradcheck)."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
 def theta_of(cos: torch.Tensor) -> torch.Tensor:
     return torch.acos(cos.clamp(-1 + COS_EPS, 1 - COS_EPS))
 
@@ -43,9 +48,45 @@ def in_range(key: str, value: float, low: float, high: float) -> float:
     return require(key, value, isinstance(value, (int, float)) and low <= value <= high, f"a number in [{low:g}, {high:g}]")
 
 
+class _TargetMargin(torch.autograd.Function):
+    """In place: ``logits[rows, cols] = fn(logits[rows, cols])``, every other logit optionally
+    mapped by ``each`` (elementwise, straight-through gradient), then everything times ``s``.
+
+    Backward allocates one (B, C) buffer, like the ``logits * s`` it replaces: the gradient is
+    ``s * grad`` off-target and ``s * grad * fn'(t)`` on the B targets, where fn' comes from a
+    small autograd graph over the B target values only.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, rows, cols, fn, s, each):
+        with torch.enable_grad():
+            target = logits[rows, cols].detach().requires_grad_(True)
+            new = fn(target)
+        with torch.no_grad():
+            if each is not None:
+                each(logits)
+            logits[rows, cols] = new.detach().to(logits.dtype)
+            logits.mul_(s)
+        ctx.mark_dirty(logits)
+        ctx.save_for_backward(rows, cols)
+        ctx.target, ctx.new, ctx.s = target, new, s
+        return logits
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, cols = ctx.saved_tensors
+        out = grad * ctx.s
+        if ctx.new.requires_grad:
+            (dt,) = torch.autograd.grad(ctx.new, ctx.target, grad[rows, cols] * ctx.s, retain_graph=True)
+            out[rows, cols] = dt.to(out.dtype)
+        else:
+            out[rows, cols] = 0
+        return out, None, None, None, None, None
+
+
 class MarginLoss(torch.nn.Module):
     """Base class. Subclasses implement ``target_logit`` and may override ``scale``,
-    ``total_loss`` and ``on_step``; ``s`` is the scale (hard normalisation)."""
+    ``elementwise``, ``total_loss`` and ``on_step``; ``s`` is the scale (hard normalisation)."""
 
     needs_norms = False
 
@@ -54,8 +95,13 @@ class MarginLoss(torch.nn.Module):
         self.s = positive("margin_loss.s", s)
 
     def target_logit(self, cos: torch.Tensor, rows: torch.Tensor, batch: int) -> torch.Tensor:
-        """New logits of the positive rows ``rows`` (indices into the global batch of ``batch``)."""
+        """New logits of the positive ``rows`` (indices into the global batch of ``batch``)."""
         raise NotImplementedError
+
+    def elementwise(self):
+        """An in-place map of every logit with straight-through gradient, or None (the default:
+        only the targets change)."""
+        return None
 
     def scale(self, logits: torch.Tensor, norms: Optional[torch.Tensor]) -> torch.Tensor:
         return logits * self.s
@@ -67,13 +113,22 @@ class MarginLoss(torch.nn.Module):
     def on_step(self) -> None:
         """One real optimizer step was taken (margin schedules)."""
 
+    def in_place(self) -> bool:
+        """Whether the fused in-place path applies (hard scale ``s``); otherwise plain autograd."""
+        return True
+
     def forward(self, logits: torch.Tensor, labels: torch.Tensor,
                 norms: Optional[torch.Tensor] = None) -> torch.Tensor:
-        logits = logits.float()
+        logits = at_least_float32(logits)
         flat = labels.view(-1)
         rows = torch.nonzero(flat != -1).view(-1)
         cols = flat[rows]
-        logits[rows, cols] = self.target_logit(logits[rows, cols], rows, logits.size(0))
+        batch = logits.size(0)
+        if self.in_place():
+            return _TargetMargin.apply(logits, rows, cols, lambda t: self.target_logit(t, rows, batch),
+                                       self.s, self.elementwise())
+        logits = logits.clone()
+        logits[rows, cols] = self.target_logit(logits[rows, cols], rows, batch)
         return self.scale(logits, norms)
 
     def extra_state(self) -> dict:

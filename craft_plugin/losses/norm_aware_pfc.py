@@ -12,6 +12,7 @@ import torch
 from torch.nn.functional import linear, normalize
 
 from craft_plugin.distributed import gather_shard_batch
+from craft_plugin.losses.base import at_least_float32
 
 
 def norm_aware_partial_fc(base: type) -> type:
@@ -21,8 +22,8 @@ def norm_aware_partial_fc(base: type) -> type:
             device = embeddings.device.type
             with torch.autocast(device, enabled=self.fp16, dtype=torch.float16 if device == "cuda" else torch.bfloat16):
                 logits = linear(normalize(embeddings), normalize(weight))
-            logits = logits.float().clamp(-1, 1)
-            norms = embeddings.float().norm(dim=1, keepdim=True)
+            logits = at_least_float32(logits).clamp(-1, 1)
+            norms = at_least_float32(embeddings).norm(dim=1, keepdim=True)
             margin = self.margin_softmax
             logits = margin(logits, labels, norms) if getattr(margin, "needs_norms", False) else margin(logits, labels)
             loss = self.dist_cross_entropy(logits, labels)

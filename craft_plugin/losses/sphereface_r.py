@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import torch
 
 from craft_plugin.errors import ConfigError
-from craft_plugin.losses.base import MarginLoss, in_range, non_negative, positive, theta_of
+from craft_plugin.losses.base import COS_EPS, MarginLoss, at_least_float32, in_range, non_negative, positive, theta_of
 from craft_plugin.losses.registry import MARGIN_LOSSES
 
 MAGNITUDES = ("v0", "v1", "v2")
@@ -80,14 +80,23 @@ class SphereFaceR(MarginLoss):
         m = self.current_m()
         return self.shaped(cos, lambda theta: psi(theta, m, self.magnitude))
 
+    def in_place(self) -> bool:
+        return self.norm == "hard" and (self.detach or self.magnitude != "v2")
+
+    def elementwise(self):
+        if self.magnitude != "v2":
+            return None
+        m = self.current_m()
+        return lambda logits: logits.clamp_(-1 + COS_EPS, 1 - COS_EPS).acos_().div_(m).cos_()
+
     def forward(self, logits, labels, norms=None):
-        if self.magnitude == "v2":
+        if self.magnitude == "v2" and not self.in_place():
             m = self.current_m()
             flat = labels.view(-1)
             rows = torch.nonzero(flat != -1).view(-1)
             cols = flat[rows]
-            target = logits[rows, cols].float()
-            logits = self.shaped(logits.float(), lambda theta: torch.cos(theta / m))
+            target = at_least_float32(logits[rows, cols])
+            logits = self.shaped(at_least_float32(logits), lambda theta: torch.cos(theta / m))
             logits[rows, cols] = target
             return self.scale(logits, norms)
         return super().forward(logits, labels, norms)
