@@ -2,8 +2,8 @@
 
 For each (B, C) and each loss: logits (B, C) of cosines with labels (10% of rows -1, as on a
 rank of a sharded run), then loss(logits) -> cross-entropy -> backward. Time: median of repeats
-in this process. Peak memory: each case runs once more in a fresh process and reports its peak
-RSS growth over the inputs, in units of one (B, C) float32 buffer. Ratios are against our replica
+in this process, the cases interleaved in every round. Peak memory: each case runs once more in a fresh process and reports its peak
+RSS growth (VmHWM) over the inputs, in units of one (B, C) float32 buffer. Ratios are against our replica
 of upstream's CombinedMarginLoss ArcFace path (craft_plugin.mini.losses), measured in the same
 run. The norm-aware Partial FC step (soft) is compared with the stock Partial FC step.
 
@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -53,25 +53,33 @@ def step(loss_fn, cos: torch.Tensor, labels: torch.Tensor) -> None:
     F.cross_entropy(out, labels.view(-1), ignore_index=-1).backward()
 
 
-def time_case(name: str, batch: int, classes: int, repeats: int) -> float:
+def time_cases(batch: int, classes: int, repeats: int) -> dict:
+    """Median fwd+bwd seconds per case; cases interleaved in every round so drift hits all."""
     cos, labels = inputs(batch, classes)
-    loss_fn = CASES[name]()
-    step(loss_fn, cos, labels)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step(loss_fn, cos, labels)
-        times.append(time.perf_counter() - start)
-    return sorted(times)[len(times) // 2]
+    fns = {name: make() for name, make in CASES.items()}
+    times = {name: [] for name in CASES}
+    for round_ in range(repeats + 1):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            step(fn, cos, labels)
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+
+
+def high_water_kb() -> int:
+    """This process's peak RSS (VmHWM; unlike ru_maxrss it is not inherited from the parent)."""
+    with open("/proc/self/status") as status:
+        return int(status.read().split("VmHWM:")[1].split()[0])
 
 
 def peak_buffers(name: str, batch: int, classes: int) -> float:
     """Peak RSS growth of one step in a fresh process, in (B, C) float32 buffers."""
-    code = ("import sys, resource; sys.path.insert(0, 'bench'); import bench_losses as b; "
+    code = ("import sys; sys.path.insert(0, 'bench'); import bench_losses as b; "
             f"cos, labels = b.inputs({batch}, {classes}); fn = b.CASES[{name!r}](); "
-            "base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss; b.step(fn, cos, labels); "
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+            "base = b.high_water_kb(); b.step(fn, cos, labels); print(b.high_water_kb() - base)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
     return int(out.stdout.strip()) * 1024 / (batch * classes * 4)
 
 
@@ -98,9 +106,10 @@ def main() -> None:
     figures = {}
     print(f"{'(B, C)':<16}{'loss':<24}{'fwd+bwd ms':>12}{'x upstream':>12}{'peak (B,C) bufs':>17}")
     for batch, classes in sizes:
-        base = time_case("upstream-arcface", batch, classes, repeats)
+        times = time_cases(batch, classes, repeats)
+        base = times["upstream-arcface"]
         for name in CASES:
-            t = base if name == "upstream-arcface" else time_case(name, batch, classes, repeats)
+            t = times[name]
             mem = peak_buffers(name, batch, classes)
             figures[f"{batch}x{classes}/{name}"] = {"ms": round(t * 1000, 2), "ratio": round(t / base, 3),
                                                     "peak_buffers": round(mem, 2)}
