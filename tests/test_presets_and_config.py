@@ -87,3 +87,17 @@ def test_cli_help_and_presets_json(capsys):
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(report["presets"]) == set(PRESETS.names())
     assert report["margin_losses"]["elasticface-cos-plus"]["sigma"] == 0.02
+
+
+def test_shipped_configs_resolve():
+    import importlib.util
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+    assert configs
+    for path in configs:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        cfg = resolve_config(module.config)
+        assert {f.name for f in build_features(cfg)} >= {"margin_loss", "reactivation"}, path.name
