@@ -3,7 +3,8 @@
 For each (B, C) and each loss: logits (B, C) of cosines with labels (10% of rows -1, as on a
 rank of a sharded run), then loss(logits) -> cross-entropy -> backward. Time: median of repeats
 in this process, the cases interleaved in every round. Peak memory: each case runs once more in a fresh process and reports its peak
-RSS growth (VmHWM) over the inputs, in units of one (B, C) float32 buffer. Ratios are against our replica
+RSS growth (VmHWM) over the inputs, after a tiny warm-up step (thread pools, allocator), in units
+of one (B, C) float32 buffer. Ratios are against our replica
 of upstream's CombinedMarginLoss ArcFace path (craft_plugin.mini.losses), measured in the same
 run. The norm-aware Partial FC step (soft) is compared with the stock Partial FC step.
 
@@ -76,8 +77,8 @@ def high_water_kb() -> int:
 def peak_buffers(name: str, batch: int, classes: int) -> float:
     """Peak RSS growth of one step in a fresh process, in (B, C) float32 buffers."""
     code = ("import sys; sys.path.insert(0, 'bench'); import bench_losses as b; "
-            f"cos, labels = b.inputs({batch}, {classes}); fn = b.CASES[{name!r}](); "
-            "base = b.high_water_kb(); b.step(fn, cos, labels); print(b.high_water_kb() - base)")
+            f"fn = b.CASES[{name!r}](); b.step(fn, *b.inputs(8, 64)); "
+            f"cos, labels = b.inputs({batch}, {classes}); base = b.high_water_kb(); b.step(fn, cos, labels); print(b.high_water_kb() - base)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=Path(__file__).resolve().parents[1])
     return int(out.stdout.strip()) * 1024 / (batch * classes * 4)
