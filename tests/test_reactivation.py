@@ -226,3 +226,28 @@ def test_grad_scaler_skipped_step_is_detected():
     scaler.step(opt)
     assert not step_was_skipped(scaler, opt)
     assert not step_was_skipped(None, opt)
+
+
+class FakeWriter:
+    def __init__(self):
+        self.scalars, self.images = [], []
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, value, step))
+
+    def add_image(self, tag, image, step, dataformats):
+        self.images.append((tag, image.shape, image.dtype, step, dataformats))
+
+
+def test_each_check_is_logged_and_written_to_tensorboard(caplog):
+    net = MiniIResNet(16)
+    with torch.no_grad():
+        net.conv1.weight[[1, 2]] *= 1e-5
+    writer = FakeWriter()
+    reactivator = Reactivator(ReactivationOptions(), find_first_layer(net), None, writer)
+    with caplog.at_level(logging.INFO, logger="craft_plugin.reactivation"):
+        reactivator.check("epoch_end")
+    assert "2/64 filters of conv1 inactive (3.1%), revived [1, 2] with craft" in caplog.text
+    assert ("craft/inactive_fraction", 2 / 64, 0) in writer.scalars and ("craft/revived", 2, 0) in writer.scalars
+    tag, shape, dtype, step, fmt = writer.images[0]
+    assert tag == "craft/first_layer_filters" and shape[2] == 3 and str(dtype) == "uint8" and fmt == "HWC"
