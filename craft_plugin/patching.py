@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Dict, List, Optional, Tuple
 PATCH_NAMES = ("arcface_torch_hooks", "arcface_torch_compat")
 CHECKOUT_MARKERS = ("train_v2.py", "partial_fc_v2.py", "losses.py", "lr_scheduler.py", "configs")
 HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
+LINE = re.compile(r"[^\n]*\n|[^\n]+\Z")
 
 
 class PatchError(Exception):
@@ -45,9 +47,15 @@ class FilePatch:
     hunks: List[Hunk]
 
 
+def split_lines(text: str) -> List[str]:
+    """Lines with their ``\\n`` kept; unlike ``str.splitlines`` only ``\\n`` ends a line, so form
+    feeds, ``\\r`` and other separators stay inside the line they belong to."""
+    return LINE.findall(text)
+
+
 def parse_patch(text: str) -> List[FilePatch]:
     files: List[FilePatch] = []
-    lines = text.splitlines(keepends=True)
+    lines = split_lines(text)
     i = 0
     while i < len(lines):
         line = lines[i]
@@ -112,7 +120,7 @@ def outcomes(fp: FilePatch, current: Optional[str]) -> Tuple[object, object, Opt
         return forward, backward, None if current is None else f"{fp.path} already exists with other content"
     if current is None:
         return FAIL, FAIL, f"{fp.path} is missing"
-    lines = current.splitlines(keepends=True)
+    lines = split_lines(current)
     forward, failed = transform(lines, fp.hunks, "-", "+")
     backward, _ = transform(lines, fp.hunks, "+", "-")
     return forward, backward, failed.text() if failed is not None else None
@@ -129,7 +137,8 @@ class PatchState:
 
 
 def load_patch(name: str) -> List[FilePatch]:
-    return parse_patch((resources.files("craft_plugin.patches") / f"{name}.patch").read_text())
+    source = resources.files("craft_plugin.patches") / f"{name}.patch"
+    return parse_patch(source.read_text(encoding="utf-8"))
 
 
 def check_checkout(root: Path) -> None:
@@ -148,7 +157,7 @@ def plan(root: Path, name: str, files: Dict[str, Optional[str]], reverse: bool =
     for fp in patch:
         if fp.path not in files:
             path = root / fp.path
-            files[fp.path] = path.read_bytes().decode("utf-8") if path.exists() else None
+            files[fp.path] = path.read_bytes().decode("utf-8", "surrogateescape") if path.exists() else None
         forward[fp.path], backward[fp.path], why = outcomes(fp, files[fp.path])
         if why and state.failing_hunk is None and forward[fp.path] is FAIL:
             state.failing_file, state.failing_hunk = fp.path, why
@@ -174,14 +183,23 @@ def check(root) -> List[PatchState]:
 
 
 def write_all(root: Path, results: Dict[str, Optional[str]]) -> None:
+    """Write every new text to a temporary file beside its target (keeping the target's mode), then
+    move them all into place, so a failure while writing leaves every original file untouched."""
+    staged = []
     for rel, text in results.items():
         path = root / rel
         if text is None:
-            path.unlink()
             continue
         tmp = path.with_name(path.name + ".craft-tmp")
-        tmp.write_bytes(text.encode("utf-8"))
+        tmp.write_bytes(text.encode("utf-8", "surrogateescape"))
+        if path.exists():
+            shutil.copymode(path, tmp)
+        staged.append((tmp, path))
+    for tmp, path in staged:
         os.replace(tmp, path)
+    for rel, text in results.items():
+        if text is None:
+            (root / rel).unlink()
 
 
 def apply(root) -> List[Tuple[str, str]]:

@@ -125,3 +125,19 @@ def test_patch_budget():
     train_added = sum(1 for fp in load_patch("arcface_torch_hooks") if fp.path == "train_v2.py"
                       for hunk in fp.hunks for tag, _ in hunk.lines if tag == "+")
     assert train_added <= 30
+
+
+def test_bytes_outside_the_hunks_survive_apply_and_revert(tmp_path):
+    """Non-UTF-8 bytes, a form feed and a CRLF line are kept exactly, and the file mode too."""
+    root = stand_in_checkout(tmp_path)
+    dataset = root / "dataset.py"
+    odd = b"# caf\xe9 \x0c page\r\n"
+    dataset.write_bytes(odd + dataset.read_bytes() + odd)
+    dataset.chmod(0o755)
+    original = digest(root)
+    apply(root)
+    assert dataset.read_bytes().startswith(odd) and dataset.read_bytes().endswith(odd)
+    assert dataset.stat().st_mode & 0o777 == 0o755
+    assert states(root) == {n: "applied" for n in PATCH_NAMES}
+    revert(root)
+    assert digest(root) == original
