@@ -84,18 +84,24 @@ def peak_buffers(name: str, batch: int, classes: int) -> float:
     return int(out.stdout.strip()) * 1024 / (batch * classes * 4)
 
 
-def pfc_step_time(pfc_class, loss, batch: int, classes: int, repeats: int) -> float:
+def pfc_step_times(batch: int, classes: int, repeats: int) -> tuple:
+    """Median step seconds of the stock Partial FC (upstream ArcFace) and of the norm-aware one
+    (SphereFace-R soft), interleaved."""
     torch.manual_seed(0)
-    pfc = pfc_class(loss, 512, classes, 1.0, False)
+    stock = PartialFC_V2(CombinedMarginLoss(64, 1.0, 0.5, 0.0), 512, classes, 1.0, False)
+    aware = norm_aware_partial_fc(PartialFC_V2)(build_margin_loss({"name": "sphereface-r", "norm": "soft"}),
+                                                512, classes, 1.0, False)
     emb = torch.randn(batch, 512)
     labels = torch.randint(0, classes, (batch,))
-    times = []
-    for _ in range(repeats + 1):
-        x = emb.clone().requires_grad_(True)
-        start = time.perf_counter()
-        pfc(x, labels.clone()).backward()
-        times.append(time.perf_counter() - start)
-    return sorted(times[1:])[len(times[1:]) // 2]
+    times = {"stock": [], "aware": []}
+    for round_ in range(repeats + 1):
+        for name, pfc in (("stock", stock), ("aware", aware)):
+            x = emb.clone().requires_grad_(True)
+            start = time.perf_counter()
+            pfc(x, labels.clone()).backward()
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return tuple(sorted(ts)[len(ts) // 2] for ts in (times["stock"], times["aware"]))
 
 
 def main() -> None:
@@ -115,9 +121,7 @@ def main() -> None:
             figures[f"{batch}x{classes}/{name}"] = {"ms": round(t * 1000, 2), "ratio": round(t / base, 3),
                                                     "peak_buffers": round(mem, 2)}
             print(f"{str((batch, classes)):<16}{name:<24}{t * 1000:>12.1f}{t / base:>12.2f}{mem:>17.2f}")
-        soft = build_margin_loss({"name": "sphereface-r", "norm": "soft"})
-        stock = pfc_step_time(PartialFC_V2, CombinedMarginLoss(64, 1.0, 0.5, 0.0), batch, classes, repeats)
-        aware = pfc_step_time(norm_aware_partial_fc(PartialFC_V2), soft, batch, classes, repeats)
+        stock, aware = pfc_step_times(batch, classes, repeats)
         figures[f"{batch}x{classes}/pfc-soft-vs-stock"] = {"stock_ms": round(stock * 1000, 2),
                                                            "norm_aware_ms": round(aware * 1000, 2),
                                                            "ratio": round(aware / stock, 3)}

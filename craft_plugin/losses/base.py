@@ -127,7 +127,6 @@ class MarginLoss(torch.nn.Module):
         if self.in_place():
             return _TargetMargin.apply(logits, rows, cols, lambda t: self.target_logit(t, rows, batch),
                                        self.s, self.elementwise())
-        logits = logits.clone()
         logits[rows, cols] = self.target_logit(logits[rows, cols], rows, batch)
         return self.scale(logits, norms)
 
