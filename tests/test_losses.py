@@ -252,3 +252,19 @@ def test_gradcheck_through_the_whole_loss(spec):
         return (loss(c * 1.0, LABELS.clone(), norms).double() * weights).sum()
 
     assert torch.autograd.gradcheck(fn, (cos,), atol=1e-4, rtol=1e-3)
+
+
+@pytest.mark.parametrize("name", MARGIN_LOSSES.names())
+def test_hard_normalisation_works_with_the_stock_partial_fc(name):
+    gen = torch.Generator().manual_seed(13)
+    embeddings = torch.randn(6, 5, generator=gen, dtype=torch.float64)
+    labels = torch.tensor([3, 1, 3, 0, 6, 2])
+    weight = torch.randn(7, 5, generator=gen, dtype=torch.float64)
+    pfc = PartialFC_V2(build_margin_loss({"name": name, **FIXED[name]}), 5, 7).double()
+    with torch.no_grad():
+        pfc.weight.copy_(weight)
+    loss = pfc(embeddings.clone(), labels.clone())
+    cos = F.linear(F.normalize(embeddings), F.normalize(weight)).clamp(-1, 1)
+    probs = F.softmax(expected(name, cos, labels.view(-1, 1), FIXED[name]), dim=1).gather(1, labels.view(-1, 1))
+    want = -probs.clamp_min(1e-30).log().mean()  # Partial FC's cross-entropy floors p at 1e-30, as upstream
+    assert loss.item() == pytest.approx(want.item(), rel=1e-6)
