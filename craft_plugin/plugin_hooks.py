@@ -16,7 +16,7 @@ def load_plugins(group="arcface_torch.plugins"):
     for ep in eps.select(group=group) if hasattr(eps, "select") else eps.get(group, ()):
         try:
             plugins.append(ep.load())
-        except ImportError as exc:
+        except Exception as exc:  # a broken plugin must not stop training: skip it, say why
             logging.warning("arcface_torch plugin %r not loaded: %s", ep.name, exc)
     return plugins
 

@@ -141,3 +141,20 @@ def test_bytes_outside_the_hunks_survive_apply_and_revert(tmp_path):
     assert states(root) == {n: "applied" for n in PATCH_NAMES}
     revert(root)
     assert digest(root) == original
+
+
+def test_a_plugin_that_fails_to_import_is_skipped(monkeypatch, caplog):
+    class BrokenEntryPoint:
+        name = "broken"
+
+        def load(self):
+            raise AttributeError("module 'numpy' has no attribute 'bool'")
+
+    class EntryPoints:
+        def select(self, group):
+            return [BrokenEntryPoint()] if group == "arcface_torch.plugins" else []
+
+    monkeypatch.setattr(plugin_hooks.importlib.metadata, "entry_points", lambda: EntryPoints())
+    assert plugin_hooks.load_plugins() == []
+    assert "arcface_torch plugin 'broken' not loaded" in caplog.text
+    assert plugin_hooks.plugin_filter("config", "cfg", plugins=[]) == "cfg"
