@@ -29,13 +29,14 @@ def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
 
 def random_flip() -> bool:
     """A fair coin from torch's RNG (as torchvision's RandomHorizontalFlip draws it)."""
-    return bool(torch.rand(1) < 0.5)
+    return torch.rand(1).item() < 0.5
 
 
 def to_training_tensor(image: np.ndarray, flip: bool) -> torch.Tensor:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected an RGB uint8 HWC image, got {image.dtype} {image.shape}")
-    if flip:
-        image = image[:, ::-1]
-    chw = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
-    return chw.float().div_(127.5).sub_(1.0)
+    chw = (image[:, ::-1] if flip else image).transpose(2, 0, 1)
+    out = np.empty(chw.shape, dtype=np.float32)
+    np.multiply(chw, np.float32(1 / 127.5), out=out, casting="unsafe")
+    out -= np.float32(1.0)
+    return torch.from_numpy(out)
