@@ -113,6 +113,7 @@ class RecordFile:
         self._contiguous = bool(len(self.keys) == 0 or np.array_equal(
             self.keys, np.arange(self.keys[0], self.keys[0] + len(self.keys))))
         self._order = None if self._contiguous else np.argsort(self.keys, kind="stable")
+        self._first = self.keys.item(0) if len(self.keys) else 0
         self.size = os.path.getsize(self.rec_path)
         self._map: Optional[mmap.mmap] = None
 
@@ -132,17 +133,20 @@ class RecordFile:
 
     def position(self, key: int) -> int:
         """Index of ``key`` in the ``.idx`` order."""
+        count = len(self.keys)
         if self._contiguous:
-            pos = int(key) - int(self.keys[0]) if len(self.keys) else -1
+            pos = int(key) - self._first if count else -1
+            found = 0 <= pos < count
         else:
-            found = int(np.searchsorted(self.keys, key, sorter=self._order))
-            pos = int(self._order[found]) if found < len(self.keys) else -1
-        if not 0 <= pos < len(self.keys) or self.keys[pos] != key:
+            at = int(np.searchsorted(self.keys, key, sorter=self._order))
+            pos = self._order.item(at) if at < count else -1
+            found = pos >= 0 and self.keys.item(pos) == key
+        if not found:
             raise RecordError(self.idx_path, 0, f"key {key} is not in the index")
         return pos
 
     def offset_of(self, key: int) -> int:
-        return int(self.offsets[self.position(key)])
+        return self.offsets.item(self.position(key))
 
     def read(self, key: int) -> bytes:
         """The payload of record ``key`` (parts joined, magic re-inserted)."""
@@ -168,10 +172,13 @@ class RecordFile:
             if start + length > self.size:
                 raise RecordError(self.rec_path, pos, f"record truncated: {length} bytes announced, "
                                                       f"{self.size - start} left in the file")
+            pos_next = start + length + (-length % 4)
+            if cflag == 0:  # a whole record: one copy, no joining
+                return data[start:start + length], pos_next
             if not first:
                 chunks.append(MAGIC_BYTES)
-            chunks.append(bytes(data[start:start + length]))
-            pos = start + length + (-length % 4)
+            chunks.append(data[start:start + length])
+            pos = pos_next
             expect_more = cflag in (1, 2)
             first = False
         return b"".join(chunks), pos
