@@ -1,7 +1,7 @@
 """Record reader throughput against mxnet and bare OpenCV, on one generated file.
 
 Writes N records of 112x112 JPEG (quality 90) in insightface layout, then measures, in random
-order through the ``.idx``: raw reads (ours: ``RecordFile.read`` + ``unpack``; mxnet 1.9.1's
+order through the ``.idx``: raw reads (ours: ``RecordFile.read_unpacked``, what the Dataset uses; mxnet 1.9.1's
 ``MXIndexedRecordIO.read_idx`` + ``recordio.unpack``, run with the legacy venv's python),
 ``cv2.imdecode`` alone on the same payloads, mxnet's ``mx.image.imdecode``, and our Dataset's
 ``__getitem__`` (read + decode + flip + normalise to a tensor). Memory: the reader's index
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from craft_plugin.data.dataset import RecFaceDataset
-from craft_plugin.data.recordio import RecordFile, unpack
+from craft_plugin.data.recordio import RecordFile
 from craft_plugin.data.writer import write_rec
 from craft_plugin.mini.synthetic import synthetic_image
 
@@ -64,7 +64,7 @@ def main() -> None:
         keys = list(dataset.imgidx.tolist())
         np.random.default_rng(0).shuffle(keys)
         start = time.perf_counter()
-        payloads = [unpack(records.read(k))[1] for k in keys]
+        payloads = [records.read_unpacked(k)[1] for k in keys]
         ours_raw = rate(len(keys), time.perf_counter() - start)
         sample = payloads[:2000]
         start = time.perf_counter()

@@ -4,7 +4,8 @@ Same index set (with an insightface header record: keys ``1 .. first_identity_re
 without one: every key of the ``.idx``). Record 0 counts as a header when it has ``flag > 0`` and
 no image bytes; upstream looks at ``flag`` alone, which would take an im2rec file whose first image
 has an array label for a header. same labels (the first value of an array label), decoded
-to RGB uint8 HWC like ``mx.image.imdecode``, random horizontal flip, normalised to [-1, 1].
+to RGB uint8 HWC like ``mx.image.imdecode``, random horizontal flip, normalised to [-1, 1]
+(the training path decodes to BGR and reverses the channels inside the transform).
 """
 from __future__ import annotations
 
@@ -12,11 +13,10 @@ import os
 from typing import Tuple
 
 import numpy as np
-import torch
 from torch.utils.data import Dataset
 
 from craft_plugin.data.recordio import RecordFile, unpack
-from craft_plugin.data.transforms import decode_rgb, random_flip, to_training_tensor
+from craft_plugin.data.transforms import CoinFlips, decode_bgr, decode_rgb, label_tensor, to_training_tensor
 from craft_plugin.errors import RecordError
 
 
@@ -38,12 +38,13 @@ def image_keys(records: RecordFile) -> np.ndarray:
     return records.keys
 
 
-def read_sample(records: RecordFile, key: int) -> Tuple[np.ndarray, int]:
-    """``(RGB uint8 HWC image, class)`` of image record ``key``; errors name file and offset."""
+def read_sample(records: RecordFile, key: int, rgb: bool = True) -> Tuple[np.ndarray, int]:
+    """``(uint8 HWC image, class)`` of image record ``key`` (RGB, or BGR as OpenCV decodes);
+    errors name the file and offset."""
+    header, payload = records.read_unpacked(key)
     where = f"{records.rec_path} record {key} at byte offset {records.offset_of(key)}"
-    header, payload = unpack(records.read(key), where)
-    label = header.label if np.ndim(header.label) == 0 else header.label[0]
-    return decode_rgb(payload, where), int(label)
+    image = decode_rgb(payload, where) if rgb else decode_bgr(payload, where)
+    return image, int(header.label if header.flag == 0 else header.label[0])
 
 
 class RecFaceDataset(Dataset):
@@ -52,10 +53,11 @@ class RecFaceDataset(Dataset):
         self.local_rank = local_rank
         self.records = RecordFile(os.path.join(root_dir, "train.rec"), os.path.join(root_dir, "train.idx"))
         self.imgidx = image_keys(self.records)
+        self.flips = CoinFlips()
 
     def __len__(self) -> int:
         return len(self.imgidx)
 
     def __getitem__(self, index: int):
-        image, label = read_sample(self.records, int(self.imgidx[index]))
-        return to_training_tensor(image, random_flip()), torch.tensor(label, dtype=torch.long)
+        image, label = read_sample(self.records, int(self.imgidx[index]), rgb=False)
+        return to_training_tensor(image, self.flips(), bgr=True), label_tensor(label)

@@ -17,9 +17,8 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Tuple, Union
+from typing import Dict, Iterable, List, NamedTuple, Optional, Tuple, Union
 
 import numpy as np
 
@@ -30,11 +29,13 @@ MAGIC_BYTES = struct.pack("<I", MAGIC)
 LENGTH_MASK = (1 << 29) - 1
 IR_FORMAT = "<IfQQ"
 IR_SIZE = struct.calcsize(IR_FORMAT)
+# a whole record's 8-byte head followed by its IRHeader, parsed in one call on the fast path
+RECORD_AND_IR = struct.Struct("<II" + IR_FORMAT[1:])
 
 
-@dataclass(frozen=True)
-class IRHeader:
-    """mxnet's image-record header; ``label`` is a float or a float32 array when ``flag > 0``."""
+class IRHeader(NamedTuple):
+    """mxnet's image-record header (a namedtuple there too); ``label`` is a float, or a float32
+    array when ``flag > 0``."""
 
     flag: int
     label: Union[float, np.ndarray]
@@ -151,6 +152,21 @@ class RecordFile:
     def read(self, key: int) -> bytes:
         """The payload of record ``key`` (parts joined, magic re-inserted)."""
         return self.read_at(self.offset_of(key))[0]
+
+    def read_unpacked(self, key: int) -> Tuple[IRHeader, bytes]:
+        """``unpack(read(key))`` in one parse for the common record (whole, scalar label).
+
+        Anything else (split records, array labels, damage) takes the general path, which
+        checks every field and names the file and offset in its errors.
+        """
+        offset = self.offset_of(key)
+        if offset + RECORD_AND_IR.size <= self.size:
+            data = self._map if self._map is not None else self._mapped()
+            magic, lrec, flag, label, id1, id2 = RECORD_AND_IR.unpack_from(data, offset)
+            end = offset + 8 + lrec  # lrec is the length when cflag (its top 3 bits) is 0
+            if magic == MAGIC and flag == 0 and IR_SIZE <= lrec <= LENGTH_MASK and end <= self.size:
+                return IRHeader(0, label, id1, id2), data[offset + 8 + IR_SIZE:end]
+        return unpack(self.read_at(offset)[0], f"{self.rec_path} record {key} at byte offset {offset}")
 
     def read_at(self, offset: int) -> Tuple[bytes, int]:
         """``(payload, offset of the next record)`` for the record starting at ``offset``."""

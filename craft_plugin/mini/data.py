@@ -6,17 +6,18 @@
 """
 from __future__ import annotations
 
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from craft_plugin.data.dataloader import make_loader
-from craft_plugin.data.transforms import random_flip, to_training_tensor
+from craft_plugin.data.dataset import RecFaceDataset
+from craft_plugin.data.transforms import CoinFlips, label_tensor, to_training_tensor
 from craft_plugin.mini.synthetic import parse_synthetic, synthetic_image
 
 
 class SyntheticFaceDataset(Dataset):
     def __init__(self, ids: int, per_id: int, seed: int = 0, size: int = 32):
         self.ids, self.per_id, self.seed, self.size = ids, per_id, seed, size
+        self.flips = CoinFlips()
 
     def __len__(self) -> int:
         return self.ids * self.per_id
@@ -24,14 +25,12 @@ class SyntheticFaceDataset(Dataset):
     def __getitem__(self, index: int):
         identity, sample = divmod(index, self.per_id)
         image = synthetic_image(self.seed, identity, sample, self.size)
-        return to_training_tensor(image, random_flip()), torch.tensor(identity, dtype=torch.long)
+        return to_training_tensor(image, self.flips()), label_tensor(identity)
 
 
 def build_dataset(root_dir: str, local_rank: int) -> Dataset:
     if root_dir.startswith("synthetic"):
         return SyntheticFaceDataset(*parse_synthetic(root_dir))
-    from craft_plugin.data.dataset import RecFaceDataset
-
     return RecFaceDataset(root_dir, local_rank)
 
 
