@@ -170,12 +170,3 @@ def test_keys_in_any_order(tmp_path):
     with pytest.raises(RecordError, match="key 4 is not in the index"):
         records.read(4)
     assert records.offsets.nbytes + records.keys.nbytes == 16 * 3
-
-
-def test_training_transform_matches_totensor_normalize():
-    from craft_plugin.data.transforms import to_training_tensor
-
-    img = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
-    reference = (torch.from_numpy(img.transpose(2, 0, 1).copy()).float() / 255 - 0.5) / 0.5
-    assert torch.allclose(to_training_tensor(img, False), reference, atol=2e-7)
-    assert torch.allclose(to_training_tensor(img, True), reference.flip(2), atol=2e-7)

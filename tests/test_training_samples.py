@@ -1,0 +1,145 @@
+"""The Dataset's hot path: one-parse reads, block-drawn coins and the LUT transform, each proven
+equal to the plain definitions (``unpack(read(k))``, one ``torch.rand(1)`` per image as
+torchvision's RandomHorizontalFlip, ``ToTensor`` + ``Normalize(0.5, 0.5)``)."""
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from craft_plugin.data.dataset import RecFaceDataset, read_sample
+from craft_plugin.data.recordio import MAGIC_BYTES, IRHeader, RecordFile, pack, unpack, write_records
+from craft_plugin.data.transforms import CoinFlips, label_tensor, to_training_tensor
+from craft_plugin.data.writer import write_rec
+from craft_plugin.errors import RecordError
+from craft_plugin.mini.synthetic import synthetic_image
+
+
+def reference_tensor(rgb: np.ndarray, flip: bool) -> torch.Tensor:
+    """torchvision's ToTensor then Normalize(mean=0.5, std=0.5), step by step in float32."""
+    if flip:
+        rgb = rgb[:, ::-1]
+    chw = torch.from_numpy(rgb.transpose(2, 0, 1).copy()).float().div(255)
+    return chw.sub(0.5).div(0.5)
+
+
+@pytest.mark.parametrize("flip", [False, True])
+@pytest.mark.parametrize("shape", [(112, 112), (5, 7), (1, 1)])
+def test_transform_is_bit_identical_to_totensor_normalize(shape, flip):
+    rgb = np.random.default_rng(sum(shape)).integers(0, 256, shape + (3,), dtype=np.uint8)
+    rgb.reshape(-1)[:256] = np.arange(256)[:rgb.size]  # every byte value where it fits
+    expected = reference_tensor(rgb, flip)
+    assert torch.equal(to_training_tensor(rgb, flip), expected)
+    assert torch.equal(to_training_tensor(np.ascontiguousarray(rgb[..., ::-1]), flip, bgr=True), expected)
+    assert to_training_tensor(rgb, flip).is_contiguous()
+
+
+def test_transform_rejects_other_images():
+    with pytest.raises(ValueError, match="3-channel uint8 HWC"):
+        to_training_tensor(np.zeros((4, 4), np.uint8), False)
+    with pytest.raises(ValueError, match="3-channel uint8 HWC"):
+        to_training_tensor(np.zeros((4, 4, 3), np.float32), False)
+
+
+def test_label_tensor_is_upstreams():
+    for label in (0, 7, 2**40):
+        ours, theirs = label_tensor(label), torch.tensor(label, dtype=torch.long)
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape and ours.item() == theirs.item()
+
+
+def test_coins_are_one_uniform_draw_per_image():
+    torch.manual_seed(3)
+    expected = [torch.rand(1).item() < 0.5 for _ in range(20)]
+    torch.manual_seed(3)
+    coins = CoinFlips(block=6)  # 20 coins cross three block boundaries
+    assert [coins() for _ in range(20)] == expected
+    assert len(set(expected)) == 2
+
+
+def test_coins_left_by_a_parent_process_are_not_reused(monkeypatch):
+    coins = CoinFlips(block=8)
+    torch.manual_seed(0)
+    coins()
+    assert pickle.loads(pickle.dumps(coins))._coins == []
+    torch.manual_seed(1)
+    expected = [torch.rand(1).item() < 0.5 for _ in range(8)]
+    torch.manual_seed(1)
+    monkeypatch.setattr("os.getpid", lambda: -7)  # a forked child
+    assert [coins() for _ in range(8)] == expected
+
+
+def sample_payloads():
+    """Records the fast path takes (whole, scalar label) and every kind it must hand over."""
+    jpeg = pack(IRHeader(0, 4.0, 1, 0), b"\xff\xd8jpeg")
+    return [(0, jpeg), (1, pack(IRHeader(2, np.array([3, 9], np.float32), 1, 2), b"")),
+            (2, pack(IRHeader(0, 5.0, 2, 0), b"ab" + MAGIC_BYTES + b"cd")),  # unaligned magic: whole
+            (3, pack(IRHeader(0, 6.0, 3, 0), b"abcd" + MAGIC_BYTES + b"efgh")),  # aligned magic: split
+            (4, pack(IRHeader(0, 7.0, 4, 0), b"")), (5, b"short"),
+            (6, pack(IRHeader(3, np.array([1, 2, 3], np.float32), 6, 0), MAGIC_BYTES + b"x"))]
+
+
+def test_read_unpacked_equals_unpack_of_read(tmp_path):
+    write_records(tmp_path / "x.rec", sample_payloads())
+    records = RecordFile(tmp_path / "x.rec")
+    for key in records.keys.tolist()[:-2] + [6]:
+        header, body = records.read_unpacked(key)
+        ref_header, ref_body = unpack(records.read(key))
+        assert body == ref_body and type(body) is bytes
+        assert (header.flag, np.asarray(header.label).tolist(), header.id, header.id2) == \
+            (ref_header.flag, np.asarray(ref_header.label).tolist(), ref_header.id, ref_header.id2)
+    with pytest.raises(ValueError, match=r"x.rec record 5 at byte offset \d+: 5 bytes, shorter than"):
+        records.read_unpacked(5)
+
+
+def test_read_unpacked_checks_what_the_fast_path_skips(tmp_path):
+    payload = pack(IRHeader(0, 1.0, 0, 0), b"z" * 40)
+    write_records(tmp_path / "x.rec", [(0, payload), (1, payload)])
+    data = bytearray((tmp_path / "x.rec").read_bytes())
+    data[72 + 4:72 + 8] = (len(payload) + 4).to_bytes(4, "little")  # last record overruns the file
+    (tmp_path / "x.rec").write_bytes(bytes(data))
+    records = RecordFile(tmp_path / "x.rec")
+    assert records.read_unpacked(0)[1] == b"z" * 40
+    with pytest.raises(RecordError, match="at byte offset 72: record truncated"):
+        records.read_unpacked(1)
+    data[0] ^= 1
+    (tmp_path / "x.rec").write_bytes(bytes(data))
+    with pytest.raises(RecordError, match="at byte offset 0: bad magic"):
+        RecordFile(tmp_path / "x.rec").read_unpacked(0)
+
+
+class UpstreamLikeDataset(Dataset):
+    """arcface_torch's MXFaceDataset written plainly: decode to RGB, one ``torch.rand(1)`` per
+    image for the flip, ToTensor + Normalize."""
+
+    def __init__(self, root: str):
+        self.records = RecordFile(f"{root}/train.rec")
+        self.keys = RecFaceDataset(root).imgidx
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __getitem__(self, index):
+        rgb, label = read_sample(self.records, int(self.keys[index]))
+        return reference_tensor(rgb, torch.rand(1).item() < 0.5), torch.tensor(label, dtype=torch.long)
+
+
+def test_dataset_batches_equal_upstreams_in_dataloader_workers(tmp_path):
+    write_rec(tmp_path, [(synthetic_image(4, k, 0, 20), k) for k in range(40)])  # image key = label + 1
+    ours = RecFaceDataset(str(tmp_path))
+    ours[0]  # coins drawn in the parent must not reach the workers
+
+    def batches(dataset):
+        loader = DataLoader(dataset, batch_size=8, shuffle=True, num_workers=2,
+                            generator=torch.Generator().manual_seed(5))
+        return list(loader)
+
+    got, expected = batches(ours), batches(UpstreamLikeDataset(str(tmp_path)))
+    assert len(got) == len(expected) == 5
+    for (images, labels), (ref_images, ref_labels) in zip(got, expected):
+        assert torch.equal(labels, ref_labels) and torch.equal(images, ref_images)
+    flips = [not torch.equal(img, reference_tensor(read_sample(ours.records, label + 1)[0], False))
+             for images, labels in got for img, label in zip(images, labels.tolist())]
+    assert 0 < sum(flips) < len(flips)
