@@ -254,6 +254,36 @@ def test_gradcheck_through_the_whole_loss(spec):
     assert torch.autograd.gradcheck(fn, (cos,), atol=1e-4, rtol=1e-3)
 
 
+@pytest.mark.parametrize("magnitude", ["v0", "v1"])
+@pytest.mark.parametrize("norm", ["none", "soft"])
+def test_gradcheck_with_feature_norm_scale(norm, magnitude):
+    """The per-row (feature norm) scale: gradients to the cosines and to the norms."""
+    loss = build_margin_loss({"name": "sphereface-r", "norm": norm, "magnitude": magnitude, "detach": False})
+    cos = cosines(6).requires_grad_(True)
+    norms = (torch.rand(6, 1, dtype=torch.float64) * 3 + 0.5).requires_grad_(True)
+    weights = torch.randn(6, 5, dtype=torch.float64)
+
+    def fn(c, n):
+        return (loss(c * 1.0, LABELS.clone(), n) * weights).sum()
+
+    assert torch.autograd.gradcheck(fn, (cos, norms), atol=1e-6, rtol=1e-5)
+
+
+def test_detached_feature_norm_path_equals_plain_autograd():
+    """Fused path, detach=True: forward psi, straight-through cosine gradient, exact norm gradient."""
+    spec = {"name": "sphereface-r", "norm": "soft", "m": 1.7}
+    cos, norms = cosines(7), torch.rand(6, 1, dtype=torch.float64) * 3 + 0.5
+    weights = torch.randn(6, 5, dtype=torch.float64)
+    target = expected("sphereface-r", cos, LABELS, {"s": 1.0, "m": 1.7})
+
+    c1, n1 = cos.clone().requires_grad_(True), norms.clone().requires_grad_(True)
+    (build_margin_loss(spec)(c1 * 1.0, LABELS.clone(), n1) * weights).sum().backward()
+    c2, n2 = cos.clone().requires_grad_(True), norms.clone().requires_grad_(True)
+    reference = (c2 + (target - c2).detach()) * n2  # the characteristic detachment, written plainly
+    (reference * weights).sum().backward()
+    assert torch.allclose(c1.grad, c2.grad, atol=1e-12) and torch.allclose(n1.grad, n2.grad, atol=1e-12)
+
+
 @pytest.mark.parametrize("name", MARGIN_LOSSES.names())
 def test_hard_normalisation_works_with_the_stock_partial_fc(name):
     gen = torch.Generator().manual_seed(13)

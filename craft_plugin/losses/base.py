@@ -12,7 +12,7 @@ also needs each row's feature norm sets ``needs_norms`` and receives ``norms`` (
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 
@@ -48,6 +48,21 @@ def in_range(key: str, value: float, low: float, high: float) -> float:
     return require(key, value, isinstance(value, (int, float)) and low <= value <= high, f"a number in [{low:g}, {high:g}]")
 
 
+def _target_grad(ctx, grad_target: torch.Tensor) -> torch.Tensor:
+    """d loss / d target for the B targets, from the small autograd graph of ``fn`` kept in ctx."""
+    if not ctx.new.requires_grad:
+        return torch.zeros_like(grad_target)
+    return torch.autograd.grad(ctx.new, ctx.target, grad_target, retain_graph=True)[0]
+
+
+def _targets_through(ctx, logits: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, fn) -> torch.Tensor:
+    """``fn(logits[rows, cols])``, remembering its graph over the B targets for the backward."""
+    with torch.enable_grad():
+        ctx.target = logits[rows, cols].detach().requires_grad_(True)
+        ctx.new = fn(ctx.target)
+    return ctx.new.detach().to(logits.dtype)
+
+
 class _TargetMargin(torch.autograd.Function):
     """In place: ``logits[rows, cols] = fn(logits[rows, cols])``, every other logit optionally
     mapped by ``each`` (elementwise, straight-through gradient), then everything times ``s``.
@@ -59,34 +74,60 @@ class _TargetMargin(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, rows, cols, fn, s, each):
-        with torch.enable_grad():
-            target = logits[rows, cols].detach().requires_grad_(True)
-            new = fn(target)
+        new = _targets_through(ctx, logits, rows, cols, fn)
         with torch.no_grad():
             if each is not None:
                 each(logits)
-            logits[rows, cols] = new.detach().to(logits.dtype)
+            logits[rows, cols] = new
             logits.mul_(s)
         ctx.mark_dirty(logits)
         ctx.save_for_backward(rows, cols)
-        ctx.target, ctx.new, ctx.s = target, new, s
+        ctx.s = s
         return logits
 
     @staticmethod
     def backward(ctx, grad):
         rows, cols = ctx.saved_tensors
         out = grad * ctx.s
-        if ctx.new.requires_grad:
-            (dt,) = torch.autograd.grad(ctx.new, ctx.target, grad[rows, cols] * ctx.s, retain_graph=True)
-            out[rows, cols] = dt.to(out.dtype)
-        else:
-            out[rows, cols] = 0
+        out[rows, cols] = _target_grad(ctx, grad[rows, cols] * ctx.s).to(out.dtype)
         return out, None, None, None, None, None
 
 
+class _RowScaledTargetMargin(torch.autograd.Function):
+    """``z = n * c`` with ``c`` the logits whose targets became ``fn(logits[rows, cols])`` and
+    ``n`` (B, 1) a per-row scale with gradient (the feature norm of SphereFace-R's "none"/"soft").
+
+    One new (B, C) buffer forward and one backward, as ``logits * n`` alone costs; the input
+    logits are kept for ``dz/dn``: ``sum_j grad_ij c_ij`` as B dot products (no (B, C) product),
+    corrected on the B targets where ``c`` holds ``fn(t)`` instead of ``t``.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, rows, cols, fn, scale):
+        new = _targets_through(ctx, logits, rows, cols, fn)
+        with torch.no_grad():
+            out = logits * scale
+            out[rows, cols] = new * scale[rows, 0]
+        ctx.save_for_backward(logits, rows, cols, scale, new)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, rows, cols, scale, new = ctx.saved_tensors
+        grad_target = grad[rows, cols]
+        out = grad * scale
+        out[rows, cols] = _target_grad(ctx, grad_target * scale[rows, 0]).to(out.dtype)
+        grad_scale = None
+        if ctx.needs_input_grad[4]:
+            dots = torch.bmm(grad.unsqueeze(1), logits.unsqueeze(2)).view(-1)
+            grad_scale = dots.index_add_(0, rows, grad_target * (new - logits[rows, cols])).view_as(scale)
+        return out, None, None, None, grad_scale
+
+
 class MarginLoss(torch.nn.Module):
-    """Base class. Subclasses implement ``target_logit`` and may override ``scale``,
-    ``elementwise``, ``total_loss`` and ``on_step``; ``s`` is the scale (hard normalisation)."""
+    """Base class. Subclasses implement ``target_logit`` and may override ``scale_factor``,
+    ``elementwise``, ``fused``, ``total_loss`` and ``on_step``; ``s`` is the scale (hard
+    normalisation)."""
 
     needs_norms = False
 
@@ -103,8 +144,13 @@ class MarginLoss(torch.nn.Module):
         only the targets change)."""
         return None
 
-    def scale(self, logits: torch.Tensor, norms: Optional[torch.Tensor]) -> torch.Tensor:
-        return logits * self.s
+    def scale_factor(self, norms: Optional[torch.Tensor]) -> Union[float, torch.Tensor]:
+        """What the logits are multiplied by: ``s``, or a (B, 1) tensor such as the feature norms."""
+        return self.s
+
+    def scaled(self, logits: torch.Tensor, norms: Optional[torch.Tensor]) -> torch.Tensor:
+        scale = self.scale_factor(norms)
+        return logits * (scale.to(logits.dtype) if torch.is_tensor(scale) else scale)
 
     def total_loss(self, ce: torch.Tensor, norms: Optional[torch.Tensor], world_size: int) -> torch.Tensor:
         """The training loss from the distributed cross-entropy (identity by default)."""
@@ -113,8 +159,9 @@ class MarginLoss(torch.nn.Module):
     def on_step(self) -> None:
         """One real optimizer step was taken (margin schedules)."""
 
-    def in_place(self) -> bool:
-        """Whether the fused in-place path applies (hard scale ``s``); otherwise plain autograd."""
+    def fused(self) -> bool:
+        """Whether the fused path applies (targets through ``target_logit``, other logits through
+        ``elementwise`` with straight-through gradient); otherwise plain autograd."""
         return True
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor,
@@ -124,11 +171,13 @@ class MarginLoss(torch.nn.Module):
         rows = torch.nonzero(flat != -1).view(-1)
         cols = flat[rows]
         batch = logits.size(0)
-        if self.in_place():
-            return _TargetMargin.apply(logits, rows, cols, lambda t: self.target_logit(t, rows, batch),
-                                       self.s, self.elementwise())
+        if self.fused():
+            fn, scale = (lambda t: self.target_logit(t, rows, batch)), self.scale_factor(norms)
+            if torch.is_tensor(scale):
+                return _RowScaledTargetMargin.apply(logits, rows, cols, fn, scale.to(logits.dtype))
+            return _TargetMargin.apply(logits, rows, cols, fn, scale, self.elementwise())
         logits[rows, cols] = self.target_logit(logits[rows, cols], rows, batch)
-        return self.scale(logits, norms)
+        return self.scaled(logits, norms)
 
     def extra_state(self) -> dict:
         return {}

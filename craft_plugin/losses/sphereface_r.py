@@ -17,7 +17,7 @@ dm=0 and no steps (a fixed margin) are our defaults for "none" and "soft".
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -80,8 +80,9 @@ class SphereFaceR(MarginLoss):
         m = self.current_m()
         return self.shaped(cos, lambda theta: psi(theta, m, self.magnitude))
 
-    def in_place(self) -> bool:
-        return self.norm == "hard" and (self.detach or self.magnitude != "v2")
+    def fused(self) -> bool:
+        # v2 maps every logit: fused only with a straight-through gradient and one scale s
+        return self.magnitude != "v2" or (self.detach and self.norm == "hard")
 
     def elementwise(self):
         if self.magnitude != "v2":
@@ -90,7 +91,7 @@ class SphereFaceR(MarginLoss):
         return lambda logits: logits.clamp_(-1 + COS_EPS, 1 - COS_EPS).acos_().div_(m).cos_()
 
     def forward(self, logits, labels, norms=None):
-        if self.magnitude == "v2" and not self.in_place():
+        if not self.fused():
             m = self.current_m()
             flat = labels.view(-1)
             rows = torch.nonzero(flat != -1).view(-1)
@@ -98,16 +99,16 @@ class SphereFaceR(MarginLoss):
             target = at_least_float32(logits[rows, cols])
             logits = self.shaped(at_least_float32(logits), lambda theta: torch.cos(theta / m))
             logits[rows, cols] = target
-            return self.scale(logits, norms)
+            return self.scaled(logits, norms)
         return super().forward(logits, labels, norms)
 
-    def scale(self, logits: torch.Tensor, norms: Optional[torch.Tensor]) -> torch.Tensor:
+    def scale_factor(self, norms: Optional[torch.Tensor]) -> Union[float, torch.Tensor]:
         if self.norm == "hard":
-            return logits * self.s
+            return self.s
         if norms is None:
             raise RuntimeError('margin_loss.norm = "none"/"soft" needs the norm-aware Partial FC '
                                "(chosen automatically through the partial_fc_class hook)")
-        return logits * norms.to(logits.dtype)
+        return norms
 
     def total_loss(self, ce: torch.Tensor, norms: Optional[torch.Tensor], world_size: int) -> torch.Tensor:
         loss = self.lw * ce if self.norm == "none" else self.lw * ce / self.s
