@@ -40,43 +40,44 @@ def config(cfg: Any, api: int = HOOK_API) -> Any:
     return cfg
 
 
-def margin_loss(loss: Callable, cfg: Any) -> Callable:
+def _filtered(hook: str, value: Any, cfg: Any) -> Any:
+    """``value`` passed through each enabled feature's ``hook`` in turn."""
     for feature in _features:
-        loss = feature.margin_loss(loss, cfg)
-    return loss
+        value = getattr(feature, hook)(value, cfg)
+    return value
+
+
+def _broadcast(event: str, **kwargs: Any) -> None:
+    for feature in _features:
+        getattr(feature, event)(**kwargs)
+
+
+def margin_loss(loss: Callable, cfg: Any) -> Callable:
+    return _filtered("margin_loss", loss, cfg)
 
 
 def partial_fc_class(pfc_class: type, cfg: Any) -> type:
-    for feature in _features:
-        pfc_class = feature.partial_fc_class(pfc_class, cfg)
-    return pfc_class
+    return _filtered("partial_fc_class", pfc_class, cfg)
 
 
 def dataloader_factory(factory: Callable, cfg: Any) -> Callable:
-    for feature in _features:
-        factory = feature.dataloader_factory(factory, cfg)
-    return factory
+    return _filtered("dataloader_factory", factory, cfg)
 
 
 def verification_class(callback_class: type, cfg: Any) -> type:
-    for feature in _features:
-        callback_class = feature.verification_class(callback_class, cfg)
-    return callback_class
+    return _filtered("verification_class", callback_class, cfg)
 
 
 def on_train_start(**kwargs: Any) -> None:
-    for feature in _features:
-        feature.on_train_start(**kwargs)
+    _broadcast("on_train_start", **kwargs)
 
 
 def on_optimizer_step(**kwargs: Any) -> None:
-    for feature in _features:
-        feature.on_optimizer_step(**kwargs)
+    _broadcast("on_optimizer_step", **kwargs)
 
 
 def on_epoch_end(**kwargs: Any) -> None:
-    for feature in _features:
-        feature.on_epoch_end(**kwargs)
+    _broadcast("on_epoch_end", **kwargs)
 
 
 def on_save_checkpoint(checkpoint: dict) -> None:
@@ -95,5 +96,4 @@ def on_resume(checkpoint: dict) -> None:
 
 
 def on_train_end() -> None:
-    for feature in _features:
-        feature.on_train_end()
+    _broadcast("on_train_end")
