@@ -4,7 +4,9 @@ Writes N records of 112x112 JPEG (quality 90) in insightface layout, then measur
 order through the ``.idx``: raw reads (ours: ``RecordFile.read_unpacked``, what the Dataset uses; mxnet 1.9.1's
 ``MXIndexedRecordIO.read_idx`` + ``recordio.unpack``, run with the legacy venv's python),
 ``cv2.imdecode`` alone on the same payloads, mxnet's ``mx.image.imdecode``, and our Dataset's
-``__getitem__`` (read + decode + flip + normalise to a tensor), then its steps timed one by one. Memory: the reader's index
+``__getitem__`` (read + decode + flip + normalise to a tensor) inside a DataLoader worker, as
+training runs it, and in the main process (``num_workers=0``, where coins are drawn one by one),
+then its steps timed one by one in the worker. Memory: the reader's index
 (bytes per record) plus one image, no whole-file reads (the file is memory-mapped).
 
 usage: python bench/bench_reader.py [--records N] [--legacy-python PATH]
@@ -18,11 +20,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from functools import partial
+from typing import Dict, List, Tuple
 
 import cv2
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from craft_plugin.data.dataset import RecFaceDataset
 from craft_plugin.data.recordio import RecordFile
@@ -49,6 +53,35 @@ print(raw, len(sample) / (time.perf_counter() - start))
 
 def rate(count: int, seconds: float) -> float:
     return count / seconds
+
+
+def getitem_rate(dataset: RecFaceDataset, positions: List[int]) -> float:
+    start = time.perf_counter()
+    for i in positions:
+        dataset[i]
+    return rate(len(positions), time.perf_counter() - start)
+
+
+def worker_figures(dataset: RecFaceDataset, positions: List[int]) -> Tuple[float, Dict[str, float]]:
+    return getitem_rate(dataset, positions), getitem_stages(dataset, positions)
+
+
+class Measurement(Dataset):
+    """A one-item dataset whose item is a measurement, so that it runs in a DataLoader worker."""
+
+    def __init__(self, measure):
+        self.measure = measure
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: int):
+        return self.measure()
+
+
+def in_worker(measure):
+    """``measure()`` run inside a DataLoader worker process, where training runs ``__getitem__``."""
+    return next(iter(DataLoader(Measurement(measure), batch_size=None, num_workers=1)))
 
 
 def getitem_stages(dataset: RecFaceDataset, positions: List[int]) -> Dict[str, float]:
@@ -96,11 +129,8 @@ def main() -> None:
             cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR)
         cv2_rate = rate(len(sample), time.perf_counter() - start)
         positions = [int(np.searchsorted(dataset.imgidx, k)) for k in keys[:2000]]
-        start = time.perf_counter()
-        for i in positions:
-            dataset[i]
-        getitem = rate(len(positions), time.perf_counter() - start)
-        stages = getitem_stages(dataset, positions)
+        getitem_main = getitem_rate(dataset, positions)
+        getitem, stages = in_worker(partial(worker_figures, dataset, positions))
         index_bytes = records.keys.nbytes + records.offsets.nbytes
         mx_raw = mx_decode = None
         if Path(args.legacy_python).exists():
@@ -110,7 +140,7 @@ def main() -> None:
     print(f"{args.records} records of 112x112 JPEG, {size_mb:.1f} MB, random order via .idx")
     rows = [("raw read+unpack, ours", ours_raw), ("raw read+unpack, mxnet", mx_raw),
             ("cv2.imdecode alone", cv2_rate), ("mx.image.imdecode alone", mx_decode),
-            ("Dataset __getitem__ (ours)", getitem)]
+            ("__getitem__, DataLoader worker", getitem), ("__getitem__, main process", getitem_main)]
     for name, value in rows:
         print(f"{name:<30}{'n/a (no legacy venv)' if value is None else f'{value:>12,.0f} /s'}")
     ratios = {"raw_vs_mxnet": ours_raw / mx_raw if mx_raw else None,
@@ -118,13 +148,14 @@ def main() -> None:
               "getitem_vs_mxnet_decode": getitem / mx_decode if mx_decode else None}
     for name, value in ratios.items():
         print(f"{name:<30}{'n/a' if value is None else f'{value:>12.2f}x'}")
-    print("__getitem__ stages, microseconds per image inside the loop (cache-cold, unlike the loops above):")
+    print("__getitem__ stages in a worker, us per image inside the loop (cache-cold, unlike the loops above):")
     for name, value in stages.items():
         print(f"  {name:<28}{value:>12.1f} us")
     print(f"{'index memory per worker':<30}{index_bytes / args.records:>12.1f} B/record (+ one image)")
     print(json.dumps({"bench": "reader", "records": args.records, "ours_raw_per_s": round(ours_raw),
                       "mxnet_raw_per_s": mx_raw and round(mx_raw), "cv2_decode_per_s": round(cv2_rate),
                       "mxnet_decode_per_s": mx_decode and round(mx_decode), "getitem_per_s": round(getitem),
+                      "getitem_main_process_per_s": round(getitem_main),
                       **{k: v and round(v, 3) for k, v in ratios.items()},
                       "getitem_stage_us": {k: round(v, 1) for k, v in stages.items()},
                       "index_bytes_per_record": index_bytes / args.records}))

@@ -3,15 +3,19 @@ upstream's data path because mxnet works; and the compatibility patch's import g
 broken mxnet into ``mx = None`` so that our reader takes over."""
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 import sys
 import textwrap
 
+import torch
+
+from craft_plugin.data.dataset import RecFaceDataset
 from craft_plugin.patching import load_patch
 
 LEGACY_CHECK = textwrap.dedent("""
-    import json, sys, numpy
+    import hashlib, json, sys, numpy, torch
     from easydict import EasyDict
     import craft_plugin.plugin as plugin
     from craft_plugin.data.dataset import RecFaceDataset
@@ -21,7 +25,9 @@ LEGACY_CHECK = textwrap.dedent("""
     image, label = ds[5]
     data, issame = load_bin(sys.argv[1] + "/lfw.bin", (112, 112))
     cfg = plugin.config(EasyDict(reactivation="craft"))
-    print(json.dumps({"numpy": numpy.__version__, "labels": [int(ds[i][1]) for i in range(len(ds))],
+    torch.manual_seed(0)
+    samples = hashlib.sha256(torch.stack([ds[i][0] for i in range(len(ds))]).numpy().tobytes()).hexdigest()
+    print(json.dumps({"samples": samples, "numpy": numpy.__version__, "labels": [int(ds[i][1]) for i in range(len(ds))],
                       "shape": list(image.shape), "bin": list(data[0].shape), "issame": issame,
                       "mxnet_problem": mxnet_problem(), "features": [f.name for f in plugin._features]}))
 """)
@@ -37,6 +43,11 @@ def test_plugin_and_reader_under_numpy_1_23(legacy_python, mxnet_fixture_dir):
     assert facts["bin"] == [8, 3, 112, 112] and facts["issame"] == [True, False, True, False]
     assert facts["mxnet_problem"] is None  # mxnet works there: upstream's data path stays
     assert facts["features"] == ["reactivation"]
+    # the training tensors (decode, flips, transform) are the same bytes on both stacks
+    torch.manual_seed(0)
+    dataset = RecFaceDataset(str(mxnet_fixture_dir))
+    here = torch.stack([dataset[i][0] for i in range(len(dataset))]).numpy().tobytes()
+    assert facts["samples"] == hashlib.sha256(here).hexdigest()
 
 
 def guard_block(path: str) -> str:

@@ -50,24 +50,26 @@ def test_label_tensor_is_upstreams():
         assert ours.dtype == theirs.dtype and ours.shape == theirs.shape and ours.item() == theirs.item()
 
 
-def test_coins_are_one_uniform_draw_per_image():
+@pytest.mark.parametrize("in_worker", [False, True])
+def test_coins_are_one_uniform_draw_per_image(monkeypatch, in_worker):
+    if in_worker:
+        monkeypatch.setattr("craft_plugin.data.transforms.get_worker_info", lambda: object())
     torch.manual_seed(3)
     expected = [torch.rand(1).item() < 0.5 for _ in range(20)]
     torch.manual_seed(3)
-    coins = CoinFlips(block=6)  # 20 coins cross three block boundaries
+    coins = CoinFlips(block=6)  # in a worker, 20 coins cross three block boundaries
     assert [coins() for _ in range(20)] == expected
     assert len(set(expected)) == 2
 
 
-def test_coins_left_by_a_parent_process_are_not_reused(monkeypatch):
-    coins = CoinFlips(block=8)
-    torch.manual_seed(0)
+def test_coins_in_the_main_process_follow_the_shared_generator():
+    """With num_workers=0 other code draws from the same generator: coins are drawn one by one,
+    so a reseed (or any other draw) takes effect at the next image, as upstream."""
+    coins = CoinFlips()
     coins()
-    assert pickle.loads(pickle.dumps(coins))._coins == []
     torch.manual_seed(1)
     expected = [torch.rand(1).item() < 0.5 for _ in range(8)]
     torch.manual_seed(1)
-    monkeypatch.setattr("os.getpid", lambda: -7)  # a forked child
     assert [coins() for _ in range(8)] == expected
 
 

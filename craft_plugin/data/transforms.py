@@ -7,12 +7,12 @@ horizontal flip -> CHW float32 in [-1, 1], bit-identical to upstream's ``ToTenso
 """
 from __future__ import annotations
 
-import os
 from typing import List
 
 import cv2
 import numpy as np
 import torch
+from torch.utils.data import get_worker_info
 
 # (x / 255 - 0.5) / 0.5 for every uint8 x, in float32 and in that order (torchvision's rounding)
 UNIT_RANGE = (((np.arange(256, dtype=np.float32) / np.float32(255)) - np.float32(0.5)) / np.float32(0.5))
@@ -45,28 +45,26 @@ def label_tensor(label: int) -> torch.Tensor:
 
 
 class CoinFlips:
-    """Fair coins from torch's RNG: coin ``k`` is ``u_k < 0.5`` for the ``k``-th uniform draw.
+    """Fair coins from torch's RNG: coin ``k`` is ``u_k < 0.5`` for the ``k``-th uniform draw,
+    i.e. torchvision's ``RandomHorizontalFlip`` (one ``torch.rand(1)`` per image).
 
-    That is torchvision's ``RandomHorizontalFlip`` (one ``torch.rand(1)`` per image), drawn
-    ``block`` at a time: ``torch.rand(n)`` yields the same numbers as ``n`` calls of
-    ``torch.rand(1)``, so under the same seed the flips are upstream's, for one torch call per
-    block instead of one per image. A block belongs to the process that drew it: a DataLoader
-    worker (seeded by the DataLoader) draws its own instead of using coins left from its parent.
+    In a DataLoader worker the dataset is the only user of the worker's (seeded) generator, so the
+    coins are drawn ``block`` at a time: ``torch.rand(n)`` yields the same numbers as ``n`` calls
+    of ``torch.rand(1)``, which keeps the flips exactly upstream's for one torch call per block.
+    In the main process (``num_workers=0``) other code shares the generator, so each coin is its
+    own draw, in upstream's order.
     """
 
     def __init__(self, block: int = 256):
         self.block = block
         self._coins: List[bool] = []
-        self._pid = -1
 
     def __call__(self) -> bool:
-        if not self._coins or self._pid != os.getpid():
+        if get_worker_info() is None:
+            return torch.rand(1).item() < 0.5
+        if not self._coins:
             self._coins = (torch.rand(self.block) < 0.5).tolist()[::-1]
-            self._pid = os.getpid()
         return self._coins.pop()
-
-    def __getstate__(self) -> dict:
-        return {"block": self.block, "_coins": [], "_pid": -1}
 
 
 def to_training_tensor(image: np.ndarray, flip: bool, bgr: bool = False) -> torch.Tensor:
