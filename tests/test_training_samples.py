@@ -37,6 +37,15 @@ def test_transform_is_bit_identical_to_totensor_normalize(shape, flip):
     assert to_training_tensor(rgb, flip).is_contiguous()
 
 
+def test_transform_does_not_depend_on_opencv_filling_the_given_buffer(monkeypatch):
+    import cv2
+
+    rgb = np.random.default_rng(1).integers(0, 256, (6, 9, 3), dtype=np.uint8)
+    lut = cv2.LUT
+    monkeypatch.setattr("craft_plugin.data.transforms.cv2.LUT", lambda src, table, dst: lut(src, table))
+    assert torch.equal(to_training_tensor(rgb, True), reference_tensor(rgb, True))
+
+
 def test_transform_rejects_other_images():
     with pytest.raises(ValueError, match="3-channel uint8 HWC"):
         to_training_tensor(np.zeros((4, 4), np.uint8), False)

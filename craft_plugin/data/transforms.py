@@ -78,5 +78,7 @@ def to_training_tensor(image: np.ndarray, flip: bool, bgr: bool = False) -> torc
     planes = cv2.split(cv2.flip(image, 1) if flip else image)
     out = np.empty((3,) + image.shape[:2], dtype=np.float32)
     for plane, dst in zip(planes[::-1] if bgr else planes, out):
-        cv2.LUT(plane, UNIT_RANGE, dst=dst)
+        written = cv2.LUT(plane, UNIT_RANGE, dst=dst)
+        if written is not dst:  # an OpenCV that allocated its own output instead of filling dst
+            dst[...] = written
     return torch.from_numpy(out)
