@@ -27,6 +27,14 @@ from craft_plugin.losses.norm_aware_pfc import norm_aware_partial_fc
 from craft_plugin.mini.losses import CombinedMarginLoss
 from craft_plugin.mini.partial_fc import PartialFC_V2
 
+def with_norms(loss):
+    """A loss that scales by the feature norms, given (B, 1) norms with gradient, as the
+    norm-aware Partial FC passes them."""
+    def call(logits, labels):
+        return loss(logits, labels, torch.full((logits.size(0), 1), 30.0, requires_grad=True))
+    return call
+
+
 CASES = {
     "upstream-arcface": lambda: CombinedMarginLoss(64, 1.0, 0.5, 0.0),
     "floor (logits*s)": lambda: (lambda logits, labels: logits * 64),
@@ -37,6 +45,7 @@ CASES = {
     "sphereface-r-v0": lambda: build_margin_loss({"name": "sphereface-r", "magnitude": "v0"}),
     "sphereface-r-v1": lambda: build_margin_loss({"name": "sphereface-r", "magnitude": "v1"}),
     "sphereface-r-v2": lambda: build_margin_loss({"name": "sphereface-r", "magnitude": "v2"}),
+    "sphereface-r-soft": lambda: with_norms(build_margin_loss({"name": "sphereface-r", "norm": "soft"})),
 }
 
 
