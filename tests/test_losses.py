@@ -269,6 +269,18 @@ def test_gradcheck_with_feature_norm_scale(norm, magnitude):
     assert torch.autograd.gradcheck(fn, (cos, norms), atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.parametrize("spec,node", [
+    ({"name": "sphereface-r", "norm": "soft"}, "_RowScaledTargetMarginBackward"),
+    ({"name": "sphereface-r", "norm": "none", "magnitude": "v1"}, "_RowScaledTargetMarginBackward"),
+    ({"name": "sphereface-r"}, "_TargetMarginBackward"), ({"name": "elasticface-cos"}, "_TargetMarginBackward"),
+])
+def test_fused_paths_are_taken(spec, node):
+    """Only the targets change and the matrix is scaled once: no plain-autograd fallback."""
+    cos = cosines(8).requires_grad_(True)
+    out = build_margin_loss(spec)(cos * 1.0, LABELS.clone(), torch.full((6, 1), 2.0, dtype=torch.float64))
+    assert type(out.grad_fn).__name__ == node
+
+
 def test_detached_feature_norm_path_equals_plain_autograd():
     """Fused path, detach=True: forward psi, straight-through cosine gradient, exact norm gradient."""
     spec = {"name": "sphereface-r", "norm": "soft", "m": 1.7}
