@@ -16,11 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import tempfile
 import time
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import Dict, List, Tuple
 
 import cv2

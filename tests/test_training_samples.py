@@ -3,8 +3,6 @@ equal to the plain definitions (``unpack(read(k))``, one ``torch.rand(1)`` per i
 torchvision's RandomHorizontalFlip, ``ToTensor`` + ``Normalize(0.5, 0.5)``)."""
 from __future__ import annotations
 
-import pickle
-
 import numpy as np
 import pytest
 import torch

@@ -1,11 +1,8 @@
 """Facts about a ``.rec`` dataset (``rec info``) and a full integrity walk (``rec verify``)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Dict, Iterator, List, Union
-
-import numpy as np
 
 from craft_plugin.data.dataset import image_keys
 from craft_plugin.data.recordio import RecordFile, unpack

@@ -7,7 +7,7 @@ module registering a :class:`~craft_plugin.losses.base.MarginLoss` subclass plus
 from __future__ import annotations
 
 import inspect
-from typing import Any, Union
+from typing import Union
 
 from craft_plugin.errors import ConfigError
 from craft_plugin.losses import arcface, cosface, elasticface, sphereface_r  # noqa: F401  (registration)
