@@ -1,0 +1,41 @@
+"""Every benchmark runs (in its small mode), prints a readable table and ends with one JSON line
+of its figures. Only that is asserted: speed targets are read off the full runs, not tested."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from conftest import LEGACY_PYTHON, ROOT
+
+RUNS = {
+    "losses": ["bench/bench_losses.py", "--quick"],
+    "craft": ["bench/bench_craft.py", "--quick"],
+    "reader": ["bench/bench_reader.py", "--records", "300", "--legacy-python", str(LEGACY_PYTHON)],
+}
+
+
+def numbers(value):
+    """Every number inside a JSON value."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from numbers(item)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        yield value
+
+
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_benchmark_prints_a_table_and_one_json_line(name):
+    out = subprocess.run([sys.executable, *RUNS[name]], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    figures = json.loads(lines[-1])
+    assert figures["bench"] == name
+    assert len(lines) > 3 and not lines[-2].startswith("{")  # the table comes first
+    values = list(numbers(figures))
+    assert len(values) >= 5 and all(math.isfinite(v) and v >= 0 for v in values)
+    if name == "reader" and LEGACY_PYTHON.exists():
+        assert figures["mxnet_raw_per_s"] > 0 and figures["raw_vs_mxnet"] > 0
