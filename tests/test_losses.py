@@ -215,6 +215,27 @@ def test_sharded_losses_equal_single_process_full_fc():
         assert torch.allclose(torch.cat([sharded[r][i][2] for r in range(2)]), ref_w, atol=1e-6), spec
 
 
+@pytest.mark.parametrize("norm", ["none", "soft"])
+def test_feature_norm_losses_under_mixed_precision(norm):
+    """Partial FC with fp16=True (bfloat16 autocast on the CPU): float32 logits, finite gradients,
+    and the loss of the float32 run within bfloat16's precision."""
+    spec = {"name": "sphereface-r", "norm": norm, "lw": 1.0}
+    embeddings = torch.randn(8, 16, generator=torch.Generator().manual_seed(4)) * 5
+    labels = torch.tensor([0, 3, 5, 3, 1, 6, 2, 0])
+    losses, grads = [], []
+    for fp16 in (False, True):
+        torch.manual_seed(0)
+        pfc = norm_aware_partial_fc(PartialFC_V2)(build_margin_loss(spec), 16, 7, 1.0, fp16)
+        x = embeddings.clone().requires_grad_(True)
+        loss = pfc(x, labels.clone())
+        loss.backward()
+        assert loss.dtype == torch.float32 and torch.isfinite(x.grad).all() and torch.isfinite(pfc.weight.grad).all()
+        losses.append(loss.item())
+        grads.append(x.grad)
+    assert losses[1] == pytest.approx(losses[0], rel=0.05)
+    assert torch.nn.functional.cosine_similarity(grads[0].flatten(), grads[1].flatten(), dim=0) > 0.95
+
+
 def test_soft_loss_total_and_sampling():
     gen = torch.Generator().manual_seed(12)
     embeddings = torch.randn(4, 5, generator=gen, dtype=torch.float64) * 4
