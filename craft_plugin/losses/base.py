@@ -4,10 +4,10 @@ Partial FC calls ``margin_softmax(logits, labels)`` with ``logits`` the clamped 
 C_local) of this rank's (possibly sampled) class shard and ``labels`` (B, 1), -1 where the class
 lives on another rank; it returns the logits of the distributed softmax cross-entropy.
 :class:`MarginLoss` changes only the B target logits in place (``target_logit``) and scales the
-whole matrix once (``scale``), like upstream's CombinedMarginLoss: no (B, C) one-hot. A loss that
-also needs each row's feature norm sets ``needs_norms`` and receives ``norms`` (B_global, 1) from
-:func:`craft_plugin.losses.norm_aware_pfc.norm_aware_partial_fc`, which also applies
-``total_loss`` (loss weights, regularisers) to the cross-entropy.
+whole matrix once (``scale_factor``: ``s``, or a (B, 1) tensor), like upstream's CombinedMarginLoss:
+no (B, C) one-hot. A loss that also needs each row's feature norm sets ``needs_norms`` and receives
+``norms`` (B_global, 1) from :func:`craft_plugin.losses.norm_aware_pfc.norm_aware_partial_fc`,
+which also applies ``total_loss`` (loss weights, regularisers) to the cross-entropy.
 """
 from __future__ import annotations
 
