@@ -161,7 +161,8 @@ class MarginLoss(torch.nn.Module):
 
     def fused(self) -> bool:
         """Whether the fused path applies (targets through ``target_logit``, other logits through
-        ``elementwise`` with straight-through gradient); otherwise plain autograd."""
+        ``elementwise`` with straight-through gradient, the latter only with the scalar scale ``s``);
+        otherwise plain autograd."""
         return True
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor,
@@ -172,10 +173,13 @@ class MarginLoss(torch.nn.Module):
         cols = flat[rows]
         batch = logits.size(0)
         if self.fused():
-            fn, scale = (lambda t: self.target_logit(t, rows, batch)), self.scale_factor(norms)
-            if torch.is_tensor(scale):
-                return _RowScaledTargetMargin.apply(logits, rows, cols, fn, scale.to(logits.dtype))
-            return _TargetMargin.apply(logits, rows, cols, fn, scale, self.elementwise())
+            fn, scale, each = (lambda t: self.target_logit(t, rows, batch)), self.scale_factor(norms), self.elementwise()
+            if not torch.is_tensor(scale):
+                return _TargetMargin.apply(logits, rows, cols, fn, scale, each)
+            if each is not None:
+                raise NotImplementedError(f"{type(self).__name__}: a per-row scale with an elementwise map "
+                                          "has no fused path; fused() must return False for it")
+            return _RowScaledTargetMargin.apply(logits, rows, cols, fn, scale.to(logits.dtype))
         logits[rows, cols] = self.target_logit(logits[rows, cols], rows, batch)
         return self.scaled(logits, norms)
 
