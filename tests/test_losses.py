@@ -302,6 +302,23 @@ def test_fused_paths_are_taken(spec, node):
     assert type(out.grad_fn).__name__ == node
 
 
+def test_fused_path_refuses_an_elementwise_map_with_a_per_row_scale():
+    from craft_plugin.losses.base import MarginLoss
+
+    class Both(MarginLoss):
+        def target_logit(self, cos, rows, batch):
+            return cos
+
+        def elementwise(self):
+            return lambda logits: logits
+
+        def scale_factor(self, norms):
+            return norms
+
+    with pytest.raises(NotImplementedError, match="Both: a per-row scale with an elementwise map"):
+        Both(1.0)(cosines(1), LABELS.clone(), torch.ones(6, 1, dtype=torch.float64))
+
+
 def test_detached_feature_norm_path_equals_plain_autograd():
     """Fused path, detach=True: forward psi, straight-through cosine gradient, exact norm gradient."""
     spec = {"name": "sphereface-r", "norm": "soft", "m": 1.7}
