@@ -18,9 +18,9 @@ import time
 import torch
 
 import craft_plugin.plugin
-from craft_plugin.mini.backbone import MiniIResNet
-from craft_plugin.mini.config import get_config
-from craft_plugin.mini.train import train
+from craft_plugin._replica.backbone import MiniIResNet
+from craft_plugin._replica.config import get_config
+from craft_plugin._replica.train import train
 from craft_plugin.reactivation.controller import Reactivator
 from craft_plugin.reactivation.layer import find_first_layer
 from craft_plugin.reactivation.options import ReactivationOptions

@@ -5,7 +5,7 @@ rank of a sharded run), then loss(logits) -> cross-entropy -> backward. Time: me
 in this process, the cases interleaved in every round. Peak memory: each case runs once more in a fresh process and reports its peak
 RSS growth (VmHWM) over the inputs, after a tiny warm-up step (thread pools, allocator), in units
 of one (B, C) float32 buffer. Ratios are against our replica
-of upstream's CombinedMarginLoss ArcFace path (craft_plugin.mini.losses), measured in the same
+of upstream's CombinedMarginLoss ArcFace path (craft_plugin._replica.losses), measured in the same
 run. The norm-aware Partial FC step (soft) is compared with the stock Partial FC step.
 
 usage: python bench/bench_losses.py [--quick]
@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 from craft_plugin.losses import build_margin_loss
 from craft_plugin.losses.norm_aware_pfc import norm_aware_partial_fc
-from craft_plugin.mini.losses import CombinedMarginLoss
-from craft_plugin.mini.partial_fc import PartialFC_V2
+from craft_plugin._replica.losses import CombinedMarginLoss
+from craft_plugin._replica.partial_fc import PartialFC_V2
 
 def with_norms(loss):
     """A loss that scales by the feature norms, given (B, 1) norms with gradient, as the

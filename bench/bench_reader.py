@@ -31,7 +31,7 @@ from craft_plugin.data.dataset import RecFaceDataset
 from craft_plugin.data.recordio import RecordFile
 from craft_plugin.data.transforms import decode_bgr, label_tensor, to_training_tensor
 from craft_plugin.data.writer import write_rec
-from craft_plugin.mini.synthetic import synthetic_image
+from craft_plugin._replica.synthetic import synthetic_image
 
 MXNET_SIDE = """
 import sys, time, random, mxnet as mx

@@ -21,7 +21,7 @@ from craft_plugin.data.transforms import encode_jpeg
 from craft_plugin.data.verification import CallBackVerification, kfold_accuracy, kfold_val
 from craft_plugin.data.writer import write_bin, write_rec
 from craft_plugin.errors import ConfigError
-from craft_plugin.mini.synthetic import synthetic_image
+from craft_plugin._replica.synthetic import synthetic_image
 
 HERE = Path(__file__).resolve().parent
 

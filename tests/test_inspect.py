@@ -6,7 +6,7 @@ import json
 import torch
 
 from craft_plugin.cli import main
-from craft_plugin.mini.backbone import MiniIResNet
+from craft_plugin._replica.backbone import MiniIResNet
 
 
 def weak_model():

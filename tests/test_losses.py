@@ -12,8 +12,8 @@ from craft_plugin.distributed import rank_and_world_size
 from craft_plugin.errors import ConfigError
 from craft_plugin.losses import MARGIN_LOSSES, build_margin_loss
 from craft_plugin.losses.norm_aware_pfc import norm_aware_partial_fc
-from craft_plugin.mini.launch import run_distributed
-from craft_plugin.mini.partial_fc import PartialFC_V2
+from craft_plugin._replica.launch import run_distributed
+from craft_plugin._replica.partial_fc import PartialFC_V2
 
 LABELS = torch.tensor([[2], [-1], [0], [4], [-1], [2]])
 

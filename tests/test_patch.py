@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-import craft_plugin.mini.train
+import craft_plugin._replica.train
 from craft_plugin import plugin_hooks
 from craft_plugin.cli import main
 from craft_plugin.patching import PATCH_NAMES, CHECKOUT_MARKERS, PatchError, apply, check, load_patch, revert
@@ -118,7 +118,7 @@ def test_patch_adds_exactly_the_mini_pipelines_hook_calls():
                     for hunk in fp.hunks for tag, text in hunk.lines if tag == "+")
     patch_calls = hook_calls_in(added)
     assert len(patch_calls) == 11
-    assert patch_calls == hook_calls_in(Path(craft_plugin.mini.train.__file__).read_text())
+    assert patch_calls == hook_calls_in(Path(craft_plugin._replica.train.__file__).read_text())
 
 
 def test_patch_budget():

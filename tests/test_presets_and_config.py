@@ -14,9 +14,9 @@ from craft_plugin.cli import main
 from craft_plugin.config import resolve_config
 from craft_plugin.errors import ConfigError
 from craft_plugin.losses.norm_aware_pfc import norm_aware_partial_fc
-from craft_plugin.mini.config import get_config
-from craft_plugin.mini.partial_fc import PartialFC_V2
-from craft_plugin.mini.train import train
+from craft_plugin._replica.config import get_config
+from craft_plugin._replica.partial_fc import PartialFC_V2
+from craft_plugin._replica.train import train
 from craft_plugin.plugin import build_features
 from craft_plugin.presets import PRESETS, preset_values
 

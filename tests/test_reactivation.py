@@ -9,7 +9,7 @@ from torch import nn
 
 from craft_plugin.amp import step_was_skipped
 from craft_plugin.errors import ConfigError
-from craft_plugin.mini.backbone import MiniIResNet
+from craft_plugin._replica.backbone import MiniIResNet
 from craft_plugin.reactivation.controller import Reactivator
 from craft_plugin.reactivation.detection import Criterion, filter_norms, inactive_mask
 from craft_plugin.reactivation.layer import find_first_layer

@@ -4,15 +4,15 @@ from __future__ import annotations
 import torch
 
 import craft_plugin.plugin
-from craft_plugin.mini.backbone import MiniIResNet
-from craft_plugin.mini.config import get_config
-from craft_plugin.mini.launch import run_distributed
-from craft_plugin.mini.train import train
+from craft_plugin._replica.backbone import MiniIResNet
+from craft_plugin._replica.config import get_config
+from craft_plugin._replica.launch import run_distributed
+from craft_plugin._replica.train import train
 from craft_plugin.plugin import CHECKPOINT_KEY
 from craft_plugin.reactivation.controller import Reactivator
 from craft_plugin.reactivation.layer import find_first_layer
 from craft_plugin.reactivation.options import ReactivationOptions
-from mini_helpers import assert_bit_identical, state_of
+from replica_helpers import assert_bit_identical, state_of
 
 # a threshold this high marks about half the filters inactive at every check, so revivals
 # happen in runs of a few steps

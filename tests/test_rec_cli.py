@@ -9,7 +9,7 @@ from craft_plugin.cli import main
 from craft_plugin.data.dataset import RecFaceDataset
 from craft_plugin.data.recordio import RecordFile
 from craft_plugin.data.writer import write_rec
-from craft_plugin.mini.synthetic import synthetic_image
+from craft_plugin._replica.synthetic import synthetic_image
 
 
 def last_json(capsys):

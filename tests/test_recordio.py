@@ -17,7 +17,7 @@ from craft_plugin.data.recordio import (MAGIC_BYTES, IRHeader, RecordFile, encod
 from craft_plugin.data.transforms import decode_rgb, encode_jpeg
 from craft_plugin.data.writer import write_rec
 from craft_plugin.errors import RecordError
-from craft_plugin.mini.synthetic import synthetic_image
+from craft_plugin._replica.synthetic import synthetic_image
 
 HERE = Path(__file__).resolve().parent
 

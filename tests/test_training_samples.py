@@ -13,7 +13,7 @@ from craft_plugin.data.recordio import MAGIC_BYTES, IRHeader, RecordFile, pack, 
 from craft_plugin.data.transforms import CoinFlips, label_tensor, to_training_tensor
 from craft_plugin.data.writer import write_rec
 from craft_plugin.errors import RecordError
-from craft_plugin.mini.synthetic import synthetic_image
+from craft_plugin._replica.synthetic import synthetic_image
 
 
 def reference_tensor(rgb: np.ndarray, flip: bool) -> torch.Tensor:

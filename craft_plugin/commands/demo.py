@@ -25,9 +25,9 @@ from craft_plugin.cli import print_json
 from craft_plugin.data.binfile import load_bin
 from craft_plugin.data.verification import test as verify
 from craft_plugin.data.writer import write_bin, write_rec
-from craft_plugin.mini.config import get_config
-from craft_plugin.mini.synthetic import synthetic_image
-from craft_plugin.mini.train import train, unwrap
+from craft_plugin._replica.config import get_config
+from craft_plugin._replica.synthetic import synthetic_image
+from craft_plugin._replica.train import train, unwrap
 from craft_plugin.reactivation.detection import Criterion, summarize
 from craft_plugin.reactivation.grid import filter_grid
 from craft_plugin.reactivation.layer import find_first_layer

@@ -1,7 +1,7 @@
 """``get_dataloader`` with upstream's signature: synthetic identities or a ``.rec`` folder.
 
 ``root_dir`` ``"synthetic"`` / ``"synthetic:<ids>x<per_id>"`` gives the deterministic identities of
-:mod:`craft_plugin.mini.synthetic` (32x32); any other value is a folder with ``train.rec``,
+:mod:`craft_plugin._replica.synthetic` (32x32); any other value is a folder with ``train.rec``,
 ``train.idx`` read by craft_plugin's reader. Sampling is upstream's (:func:`craft_plugin.data.dataloader.make_loader`).
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 from craft_plugin.data.dataloader import make_loader
 from craft_plugin.data.dataset import RecFaceDataset
 from craft_plugin.data.transforms import CoinFlips, label_tensor, to_training_tensor
-from craft_plugin.mini.synthetic import parse_synthetic, synthetic_image
+from craft_plugin._replica.synthetic import parse_synthetic, synthetic_image
 
 
 class SyntheticFaceDataset(Dataset):

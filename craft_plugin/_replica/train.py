@@ -27,11 +27,11 @@ from torch.utils.data import DataLoader
 from craft_plugin.data.verification import CallBackVerification
 from craft_plugin.distributed import rank_and_world_size
 from craft_plugin.errors import ConfigError
-from craft_plugin.mini.backbone import get_model
-from craft_plugin.mini.data import get_dataloader
-from craft_plugin.mini.losses import CombinedMarginLoss
-from craft_plugin.mini.lr_scheduler import PolynomialLRWarmup
-from craft_plugin.mini.partial_fc import PartialFC_V2
+from craft_plugin._replica.backbone import get_model
+from craft_plugin._replica.data import get_dataloader
+from craft_plugin._replica.losses import CombinedMarginLoss
+from craft_plugin._replica.lr_scheduler import PolynomialLRWarmup
+from craft_plugin._replica.partial_fc import PartialFC_V2
 from craft_plugin.plugin_hooks import HOOK_API, plugin_filter, plugin_hook
 
 

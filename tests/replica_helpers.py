@@ -5,7 +5,7 @@ from typing import Any, Dict, List
 
 import torch
 
-from craft_plugin.mini.train import TrainResult
+from craft_plugin._replica.train import TrainResult
 
 
 def state_of(result: TrainResult) -> Dict[str, torch.Tensor]:

@@ -7,12 +7,12 @@ import pytest
 
 import craft_plugin.plugin
 from craft_plugin.distributed import DistCrossEntropy, rank_and_world_size
-from craft_plugin.mini.config import get_config
-from craft_plugin.mini.launch import run_distributed
-from craft_plugin.mini.losses import CombinedMarginLoss
-from craft_plugin.mini.partial_fc import PartialFC_V2
-from craft_plugin.mini.train import train
-from mini_helpers import Recorder, assert_bit_identical, state_of
+from craft_plugin._replica.config import get_config
+from craft_plugin._replica.launch import run_distributed
+from craft_plugin._replica.losses import CombinedMarginLoss
+from craft_plugin._replica.partial_fc import PartialFC_V2
+from craft_plugin._replica.train import train
+from replica_helpers import Recorder, assert_bit_identical, state_of
 
 
 def identity_margin(logits, labels):
