@@ -1,11 +1,11 @@
 """Shared test fixtures."""
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
 LEGACY_PYTHON = ROOT / ".venv-legacy" / "bin" / "python"
 
 
@@ -25,8 +25,12 @@ def legacy_python() -> Path:
 
 
 @pytest.fixture(scope="session")
-def mxnet_fixture_dir() -> Path:
-    """The tiny dataset written by the real mxnet 1.9.1 in ../shared/fixtures."""
-    path = SHARED / "fixtures" / "mxnet-1.9.1-insightface-layout"
-    require(path.is_dir(), f"{path} missing")
+def mxnet_fixture_dir(legacy_python: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny insightface-layout dataset (train.rec/.idx, property, lfw.bin) written once per session
+    by the real mxnet 1.9.1 of the legacy venv; its layout is in tools/write_mxnet_fixture.py."""
+    path = tmp_path_factory.mktemp("mxnet-1.9.1-insightface-layout")
+    out = subprocess.run([str(legacy_python), str(ROOT / "tools" / "write_mxnet_fixture.py"), str(path)],
+                         capture_output=True, text=True, timeout=300)
+    if out.returncode:
+        pytest.fail(f"tools/write_mxnet_fixture.py failed:\n{out.stderr}")
     return path

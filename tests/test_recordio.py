@@ -25,7 +25,8 @@ HERE = Path(__file__).resolve().parent
 def test_fixture_reads_as_its_readme_states(mxnet_fixture_dir):
     records = RecordFile(mxnet_fixture_dir / "train.rec")
     assert records.keys.tolist() == list(range(10))
-    assert records.offsets[:3].tolist() == [0, 40, 6544]
+    # the header record is 8 + 24 + 8 bytes; the next starts after record 1's 4-aligned payload
+    assert records.offsets[:3].tolist() == [0, 40, 40 + 8 + -(-len(records.read(1)) // 4) * 4]
     header, body = unpack(records.read(0))
     assert (header.flag, header.label.tolist(), header.id, header.id2, body) == (2, [7.0, 10.0], 0, 1, b"")
     labels = [read_sample(records, key)[1] for key in range(1, 7)]
@@ -40,6 +41,22 @@ def test_fixture_reads_as_its_readme_states(mxnet_fixture_dir):
     image, label = dataset[5]
     assert image.shape == (3, 112, 112) and label.item() == 2
     assert image.min() >= -1 and image.max() <= 1
+
+
+def test_fixture_reads_as_mxnet_reads_it(legacy_python, mxnet_fixture_dir, tmp_path):
+    records = RecordFile(mxnet_fixture_dir / "train.rec")
+    images = range(1, 7)
+    spec = {"write": [], "read": str(mxnet_fixture_dir / "train.rec"),
+            "decode": [records.read_unpacked(key)[1].hex() for key in images]}
+    result = run_mxnet(legacy_python, tmp_path, spec)
+    assert [key for key, *_ in result["read"]] == records.keys.tolist()
+    for key, raw, flag, label, id1, id2, body in result["read"]:
+        assert records.read(key) == bytes.fromhex(raw)
+        header, our_body = unpack(records.read(key))
+        assert (header.flag, np.asarray(header.label).tolist(), header.id, header.id2) == (flag, label, id1, id2)
+        assert our_body == bytes.fromhex(body)
+    for i, key in enumerate(images):
+        assert np.array_equal(read_sample(records, key)[0], np.load(tmp_path / f"decoded_{i}.npy"))
 
 
 def test_rewriting_the_fixture_payloads_is_byte_identical(mxnet_fixture_dir, tmp_path):
