@@ -1,5 +1,6 @@
 """Every benchmark runs (in its small mode), prints a readable table and ends with one JSON line
-of its figures. Only that is asserted: speed targets are read off the full runs, not tested."""
+of its figures. Only that is asserted: speed targets are read off the full runs, not tested.
+Marked ``bench``: ``-m "not bench"`` leaves them out of a quick local run; CI runs them."""
 from __future__ import annotations
 
 import json
@@ -27,6 +28,7 @@ def numbers(value):
         yield value
 
 
+@pytest.mark.bench
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_benchmark_prints_a_table_and_one_json_line(name):
     out = subprocess.run([sys.executable, *RUNS[name]], cwd=ROOT, capture_output=True, text=True, timeout=600)
