@@ -40,7 +40,7 @@ def test_fixture_reads_as_its_readme_states(mxnet_fixture_dir):
     assert dataset.imgidx.tolist() == [1, 2, 3, 4, 5, 6]
     image, label = dataset[5]
     assert image.shape == (3, 112, 112) and label.item() == 2
-    assert image.min() >= -1 and image.max() <= 1
+    assert image.dtype == torch.uint8  # the loader normalises whole batches
 
 
 def test_fixture_reads_as_mxnet_reads_it(legacy_python, mxnet_fixture_dir, tmp_path):

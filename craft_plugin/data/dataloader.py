@@ -2,7 +2,11 @@
 
 ``make_loader`` is upstream's recipe: a shuffled ``DistributedSampler`` seeded with ``seed``,
 ``drop_last=True``, per-worker seeds ``num_workers * rank + worker_id + seed``. Batches are moved
-to ``cuda:local_rank`` when CUDA is available, as upstream's ``DataLoaderX`` does. There is no
+to ``cuda:local_rank`` when CUDA is available, as upstream's ``DataLoaderX`` does. Images cross
+the workers' shared memory, the pinned buffer and the host-to-device copy as uint8 (a quarter of
+float32's bytes) and are normalised per batch where they land, as apex's ``data_prefetcher``,
+timm's ``PrefetchLoader`` and arcface_torch's own DALI path do; the training loop receives what
+upstream's loader gives it, float32 ``(B, 3, H, W)`` in [-1, 1] and int64 labels. There is no
 background thread: DataLoader workers already prefetch, and an exception in a worker (a corrupt
 record) is re-raised in the training loop with the file and offset in its message.
 """
@@ -17,6 +21,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from craft_plugin.data.transforms import normalise
 from craft_plugin.distributed import rank_and_world_size
 
 
@@ -28,15 +33,20 @@ def worker_init_fn(worker_id: int, num_workers: int, rank: int, seed: int) -> No
 
 
 class DeviceLoader(DataLoader):
-    """A DataLoader whose batches land on ``device`` (left on the CPU when it is ``None``)."""
+    """A DataLoader whose ``[images, labels]`` batches land on ``device`` (left on the CPU when it
+    is ``None``; pinned, then copied without blocking, on CUDA). uint8 images are normalised there,
+    after the copy (:func:`~craft_plugin.data.transforms.normalise`); float images (a dataset that
+    normalises its own items) pass as they come."""
 
     def __init__(self, device: Optional[torch.device], **kwargs):
         super().__init__(**kwargs)
         self.device = device
 
     def __iter__(self) -> Iterator:
-        for batch in super().__iter__():
-            yield batch if self.device is None else [t.to(self.device, non_blocking=True) for t in batch]
+        for images, labels in super().__iter__():
+            if self.device is not None:
+                images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            yield [normalise(images) if images.dtype == torch.uint8 else images, labels]
 
 
 def make_loader(dataset: Dataset, local_rank: int, batch_size: int, seed: int = 2048,

@@ -3,9 +3,10 @@
 Same index set (with an insightface header record: keys ``1 .. first_identity_record - 1``;
 without one: every key of the ``.idx``). Record 0 counts as a header when it has ``flag > 0`` and
 no image bytes; upstream looks at ``flag`` alone, which would take an im2rec file whose first image
-has an array label for a header. same labels (the first value of an array label), decoded
-to RGB uint8 HWC like ``mx.image.imdecode``, random horizontal flip, normalised to [-1, 1]
-(the training path decodes to BGR and reverses the channels inside the transform).
+has an array label for a header. Same labels (the first value of an array label), decoded
+to RGB like ``mx.image.imdecode``, upstream's random horizontal flip; items are RGB uint8 CHW
+images (the training path decodes to BGR and reverses the channels while laying out the planes),
+which the loader normalises to [-1, 1] per batch on the device (``dataloader.DeviceLoader``).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from craft_plugin.data.recordio import RecordFile, unpack
-from craft_plugin.data.transforms import CoinFlips, decode_bgr, decode_rgb, label_tensor, to_training_tensor
+from craft_plugin.data.transforms import CoinFlips, decode_bgr, decode_rgb, label_tensor, to_chw
 from craft_plugin.errors import RecordError
 
 
@@ -59,5 +60,6 @@ class RecFaceDataset(Dataset):
         return len(self.imgidx)
 
     def __getitem__(self, index: int):
+        """``(RGB uint8 (3, H, W) image, mirrored on upstream's coin; int64 label)``."""
         image, label = read_sample(self.records, int(self.imgidx[index]), rgb=False)
-        return to_training_tensor(image, self.flips(), bgr=True), label_tensor(label)
+        return to_chw(image, self.flips(), bgr=True), label_tensor(label)

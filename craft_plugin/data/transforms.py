@@ -1,12 +1,16 @@
-"""Image decoding/encoding and the training transform of arcface_torch's ``MXFaceDataset``.
+"""Image decoding/encoding and the training transform of arcface_torch's ``MXFaceDataset``, split
+in two: the per-image part in the Dataset (uint8) and the per-batch part on the device.
 
 Decoding is OpenCV's (``IMREAD_COLOR``, BGR; RGB by reversing the channels), which is what
-``mx.image.imdecode`` does inside mxnet. The transform, without torchvision: uint8 HWC -> optional
-horizontal flip -> CHW float32 in [-1, 1], bit-identical to upstream's ``ToTensor()`` followed by
-``Normalize(mean=0.5, std=0.5)``, i.e. ``(x / 255 - 0.5) / 0.5`` in float32.
+``mx.image.imdecode`` does inside mxnet. Upstream's transform is ``ToPILImage()``,
+``RandomHorizontalFlip()``, ``ToTensor()``, ``Normalize(mean=0.5, std=0.5)``: per pixel
+``(x / 255 - 0.5) / 0.5`` in float32, in that order. Here :func:`to_chw` mirrors and lays out the
+uint8 image (RGB CHW) in the DataLoader worker, and :func:`normalise` maps a whole uint8 batch to
+float32 wherever it lands, bit-identical to upstream's float32 operations.
 """
 from __future__ import annotations
 
+import functools
 from typing import List
 
 import cv2
@@ -14,8 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-# (x / 255 - 0.5) / 0.5 for every uint8 x, in float32 and in that order (torchvision's rounding)
-UNIT_RANGE = (((np.arange(256, dtype=np.float32) / np.float32(255)) - np.float32(0.5)) / np.float32(0.5))
+# torchvision's ToTensor (x.float().div(255)) then Normalize(0.5, 0.5) (sub_(0.5).div_(0.5)), run on
+# the CPU, where upstream runs them, once for every uint8 value
+UNIT_RANGE = torch.arange(256).to(torch.float32).div(255).sub_(0.5).div_(0.5).numpy()
 
 
 def decode_bgr(buf: bytes, where: str) -> np.ndarray:
@@ -67,18 +72,53 @@ class CoinFlips:
         return self._coins.pop()
 
 
-def to_training_tensor(image: np.ndarray, flip: bool, bgr: bool = False) -> torch.Tensor:
-    """uint8 HWC (RGB, or BGR with ``bgr=True``) -> RGB CHW float32 in [-1, 1], mirrored if ``flip``.
+def to_chw(image: np.ndarray, flip: bool, bgr: bool = False) -> torch.Tensor:
+    """uint8 HWC (RGB, or BGR with ``bgr=True``) -> RGB uint8 CHW, mirrored left-right if ``flip``.
 
-    One pass per channel: OpenCV splits the channels (reversing BGR costs nothing) and a table
-    lookup writes each plane's float32 values straight into the output.
+    Two byte moves at most, each one OpenCV call on a single-channel view: mirroring each row's
+    bytes mirrors its pixels and reverses their channel order; a transpose of the
+    ``(H*W, 3)`` pixel matrix gives the planes; flipping the ``(3, H*W)`` planes upside down
+    reverses the channel order once more where the result would be BGR.
     """
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
         raise ValueError(f"expected a 3-channel uint8 HWC image, got {image.dtype} {image.shape}")
-    planes = cv2.split(cv2.flip(image, 1) if flip else image)
-    out = np.empty((3,) + image.shape[:2], dtype=np.float32)
-    for plane, dst in zip(planes[::-1] if bgr else planes, out):
-        written = cv2.LUT(plane, UNIT_RANGE, dst=dst)
-        if written is not dst:  # an OpenCV that allocated its own output instead of filling dst
-            dst[...] = written
-    return torch.from_numpy(out)
+    h, w = image.shape[:2]
+    pixels = cv2.flip(image.reshape(h, w * 3), 1) if flip else image
+    planes = cv2.transpose(pixels.reshape(h * w, 3))
+    if bgr != flip:
+        planes = cv2.flip(planes, 0)
+    return torch.from_numpy(planes.reshape(3, h, w))
+
+
+@functools.lru_cache(maxsize=None)
+def unit_range_on(device: torch.device) -> torch.Tensor:
+    """:data:`UNIT_RANGE` as a tensor on ``device``, copied there once."""
+    return torch.from_numpy(UNIT_RANGE).to(device)
+
+
+def lookup(images: torch.Tensor) -> torch.Tensor:
+    """``UNIT_RANGE[images]`` gathered on the images' device (one read of the table per pixel)."""
+    table = unit_range_on(images.device)
+    return table.index_select(0, images.reshape(-1).int()).view(images.shape)
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (a batch, any device) -> float32 ``(x / 255 - 0.5) / 0.5``, bit for bit what
+    torchvision's ``ToTensor()`` + ``Normalize(0.5, 0.5)`` give on the CPU.
+
+    The values come from :data:`UNIT_RANGE`, never from re-running the arithmetic on the device:
+    CUDA's ``div`` by a Python scalar multiplies by the reciprocal, and ``x * (1/255)`` differs from
+    ``x / 255`` in float32 for 126 of the 256 byte values. On the CPU one ``cv2.LUT`` pass writes
+    the output; elsewhere the table is gathered on the device.
+    """
+    if images.dtype != torch.uint8:
+        raise TypeError(f"normalise takes uint8 images, got {images.dtype}")
+    if images.device.type != "cpu":
+        return lookup(images)
+    return torch.from_numpy(cv2.LUT(images.contiguous().numpy().reshape(1, -1), UNIT_RANGE)).view(images.shape)
+
+
+def to_training_tensor(image: np.ndarray, flip: bool, bgr: bool = False) -> torch.Tensor:
+    """One image as upstream's transform gives it: RGB CHW float32 in [-1, 1], mirrored if ``flip``
+    (for datasets that hand out float images; :class:`RecFaceDataset` hands out uint8)."""
+    return normalise(to_chw(image, flip, bgr))
