@@ -8,7 +8,10 @@ from craft_plugin.cli import main
 
 def test_demo_tiny(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--epochs", "2", "--identities", "8", "--per-identity", "8", "--json"]) == 0
+    # 2 epochs of 2 steps; CRAFT from step 3 every 3 steps: a step check at 3 and an epoch-end
+    # check at 4 (the epoch end at step 2 is before the start)
+    assert main(["demo", "--out", str(out), "--epochs", "2", "--identities", "8", "--per-identity", "8",
+                 "--craft-start", "3", "--craft-every", "3", "--json"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(report["runs"]) == {"baseline", "craft"}
     for name, run in report["runs"].items():
@@ -20,4 +23,11 @@ def test_demo_tiny(tmp_path, capsys):
     for name in ("train.rec", "train.idx", "property", "val.bin"):
         assert (out / "data" / name).exists()
     assert (out / "inactive_filters.png").exists()
-    assert report["settings"]["reactivation"] == {"every": 50, "start": 50}
+    assert report["settings"]["reactivation"] == {"every": 3, "start": 3}
+    assert report["runs"]["baseline"]["checks"] == 0 and report["runs"]["craft"]["checks"] == 2
+
+
+def test_demo_refuses_a_bad_craft_option_before_training(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path / "demo"), "--craft-every", "-1"]) == 2
+    assert "config.reactivation.every = -1" in capsys.readouterr().err
+    assert not (tmp_path / "demo").exists()

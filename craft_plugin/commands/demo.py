@@ -5,13 +5,15 @@ identities), trains the mini arcface_torch pipeline twice with the same seed thr
 hooks a patched upstream run uses (baseline, then ``config.reactivation`` set), and compares final
 loss, verification accuracy and inactive first-layer filters over time. The training setting (SGD
 lr 0.1, weight decay 3e-2, CosFace) is one where the baseline loses first-layer filters; CRAFT is
-checked every 50 steps because the run is short (its production default is every 1000).
+checked every 50 steps from step 50 because the run is short (its production default is every 1000);
+``--craft-every``/``--craft-start`` change that.
 """
 from __future__ import annotations
 
 import argparse
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -25,12 +27,14 @@ from craft_plugin.cli import print_json
 from craft_plugin.data.binfile import load_bin
 from craft_plugin.data.verification import test as verify
 from craft_plugin.data.writer import write_bin, write_rec
+from craft_plugin.errors import ConfigError
 from craft_plugin._replica.config import get_config
 from craft_plugin._replica.synthetic import synthetic_image
 from craft_plugin._replica.train import train, unwrap
 from craft_plugin.reactivation.detection import Criterion, summarize
 from craft_plugin.reactivation.grid import filter_grid
 from craft_plugin.reactivation.layer import find_first_layer
+from craft_plugin.reactivation.options import parse_options
 
 DEMO_REACTIVATION = {"every": 50, "start": 50}
 IMAGE_SIZE = 32
@@ -44,6 +48,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--identities", type=int, default=64)
     p.add_argument("--per-identity", type=int, default=16)
     p.add_argument("--seed", type=int, default=2048)
+    p.add_argument("--craft-every", type=int, default=DEMO_REACTIVATION["every"],
+                   help=f"config.reactivation.every of the CRAFT run (default {DEMO_REACTIVATION['every']})")
+    p.add_argument("--craft-start", type=int, default=DEMO_REACTIVATION["start"],
+                   help=f"config.reactivation.start of the CRAFT run (default {DEMO_REACTIVATION['start']})")
     p.add_argument("--json", action="store_true", help="print the comparison as one JSON object (last line)")
     p.set_defaults(run=run)
 
@@ -107,7 +115,8 @@ def run_one(name: str, args: argparse.Namespace, data: Path, out: Path, reactiva
     cv2.imwrite(str(out / f"{name}_conv1_filters.png"), cv2.cvtColor(filter_grid(weight), cv2.COLOR_RGB2BGR))
     return {"final_loss": float(np.mean(result.losses[-20:])), "accuracy": accuracy, "accuracy_std": std,
             "inactive_final": probe.curve[-1][1], "inactive_curve": probe.curve,
-            "revived_total": sum(len(r["revived"]) for r in history), "steps": result.global_step,
+            "checks": len(history), "revived_total": sum(len(r["revived"]) for r in history),
+            "steps": result.global_step,
             "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -136,17 +145,23 @@ def plot(out: Path, runs: Dict[str, Dict[str, Any]]) -> str:
 def run(args: argparse.Namespace) -> int:
     logging.getLogger().setLevel(logging.WARNING)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    reactivation = {"every": args.craft_every, "start": args.craft_start}
+    try:
+        parse_options(reactivation)
+    except ConfigError as error:
+        print(f"craft-plugin demo: --craft-every/--craft-start: {error}", file=sys.stderr)
+        return 2
     out = Path(args.out)
     data = out / "data"
     write_dataset(data, args.identities, args.per_identity, args.seed)
     print(f"dataset: {data}/train.rec ({args.identities} identities x {args.per_identity}), {data}/val.bin (200 pairs)")
     runs = {"baseline": run_one("baseline", args, data, out, None),
-            "craft": run_one("craft", args, data, out, DEMO_REACTIVATION)}
+            "craft": run_one("craft", args, data, out, reactivation)}
     plot_path = plot(out, runs)
-    print(f"\n{'run':<10}{'final loss':>12}{'val acc':>10}{'inactive conv1':>16}{'revived':>9}{'time s':>8}")
+    print(f"\n{'run':<10}{'final loss':>12}{'val acc':>10}{'inactive conv1':>16}{'checks':>8}{'revived':>9}{'time s':>8}")
     for name, r in runs.items():
         print(f"{name:<10}{r['final_loss']:>12.3f}{r['accuracy']:>10.3f}{r['inactive_final']:>12d}/64"
-              f"{r['revived_total']:>9d}{r['seconds']:>8.1f}")
+              f"{r['checks']:>8d}{r['revived_total']:>9d}{r['seconds']:>8.1f}")
     print("\ninactive conv1 filters over training (step: baseline / craft):")
     print("  " + "  ".join(f"{b[0]}: {b[1]}/{c[1]}" for b, c in zip(runs["baseline"]["inactive_curve"],
                                                                  runs["craft"]["inactive_curve"])))
@@ -155,6 +170,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({"settings": {"epochs": args.epochs, "identities": args.identities,
                                  "per_identity": args.per_identity, "seed": args.seed,
-                                 "reactivation": DEMO_REACTIVATION, "weight_decay": 3e-2, "lr": 0.1},
+                                 "reactivation": reactivation, "weight_decay": 3e-2, "lr": 0.1},
                     "runs": runs})
     return 0
