@@ -1,99 +1,109 @@
 """The ``arcface_torch.plugins`` entry point: hook functions called by the patched ``train_v2.py``.
 
-Hook API version 1 (see :mod:`craft_plugin.plugin_hooks` and the README's hook contract). The
-``config`` hook resolves presets, validates the plugin's keys and builds the enabled features; all
-later hooks are forwarded to those features. Plugin state is stored in the checkpoint dict under
-``CHECKPOINT_KEY``.
+Hook API version 1 (see :mod:`craft_plugin.plugin_hooks` and docs/patch.md). The ``config`` hook
+resolves presets, validates the plugin's keys and builds the enabled ones of :data:`FEATURES`;
+every later hook goes straight to the enabled features that define a method of its name, in the
+order of :data:`FEATURES`. Plugin state is stored in the checkpoint dict under ``CHECKPOINT_KEY``.
 """
 from __future__ import annotations
 
 import logging
 from typing import Any, Callable, List
 
+from craft_plugin.amp import step_was_skipped
 from craft_plugin.config import resolve_config
-from craft_plugin.features import FEATURES, Feature
+from craft_plugin.data.rec_reader_feature import RecReaderFeature
+from craft_plugin.losses.margin_loss_feature import MarginLossFeature
+from craft_plugin.reactivation.reactivation_feature import ReactivationFeature
 
 HOOK_API = 1
 CHECKPOINT_KEY = "craft_plugin"
 
-_features: List[Feature] = []
+# each is switched on by the config key of its ``name``; ``from_config`` returns None when off
+FEATURES = (MarginLossFeature, ReactivationFeature, RecReaderFeature)
+
+_enabled: List[Any] = []
 
 
-def build_features(cfg: Any) -> List[Feature]:
+def build_features(cfg: Any) -> List[Any]:
     """The enabled features for ``cfg`` (empty when the config enables none)."""
-    import craft_plugin.feature_set  # noqa: F401  registers the features
+    return [feature for feature in (cls.from_config(cfg) for cls in FEATURES) if feature is not None]
 
-    enabled = (FEATURES.get(name).from_config(cfg) for name in FEATURES.names())
-    return [feature for feature in enabled if feature is not None]
+
+def feature(name: str) -> Any:
+    """The enabled feature ``name`` (its config key) of the current run."""
+    for enabled in _enabled:
+        if enabled.name == name:
+            return enabled
+    raise LookupError(f"craft-plugin feature {name!r} is not enabled (enabled: {[f.name for f in _enabled]})")
+
+
+def _implementing(hook: str) -> List[Any]:
+    return [f for f in _enabled if hasattr(f, hook)]
 
 
 def config(cfg: Any, api: int = HOOK_API) -> Any:
-    global _features
+    global _enabled
     if api != HOOK_API:
         raise RuntimeError(
             f"craft-plugin speaks arcface_torch hook API {HOOK_API}, the patched train_v2.py "
             f"speaks {api}: re-apply the patch with `craft-plugin patch` from this craft-plugin")
     cfg = resolve_config(cfg)
-    _features = build_features(cfg)
-    if _features:
-        logging.info("craft-plugin enabled: %s", ", ".join(f.name for f in _features))
+    _enabled = build_features(cfg)
+    if _enabled:
+        logging.info("craft-plugin enabled: %s", ", ".join(f.name for f in _enabled))
     return cfg
 
 
-def _filtered(hook: str, value: Any, cfg: Any) -> Any:
-    """``value`` passed through each enabled feature's ``hook`` in turn."""
-    for feature in _features:
-        value = getattr(feature, hook)(value, cfg)
-    return value
+def _filter(hook: str) -> Callable[[Any, Any], Any]:
+    """A filter hook: ``value`` passed through each enabled feature's ``hook(value, cfg)``."""
+    def run(value: Any, cfg: Any) -> Any:
+        for enabled in _implementing(hook):
+            value = getattr(enabled, hook)(value, cfg)
+        return value
+
+    run.__name__ = run.__qualname__ = hook
+    return run
 
 
-def _broadcast(event: str, **kwargs: Any) -> None:
-    for feature in _features:
-        getattr(feature, event)(**kwargs)
+def _event(hook: str) -> Callable[..., None]:
+    """An event hook: each enabled feature's ``hook(**kwargs)``."""
+    def run(**kwargs: Any) -> None:
+        for enabled in _implementing(hook):
+            getattr(enabled, hook)(**kwargs)
+
+    run.__name__ = run.__qualname__ = hook
+    return run
 
 
-def margin_loss(loss: Callable, cfg: Any) -> Callable:
-    return _filtered("margin_loss", loss, cfg)
+margin_loss = _filter("margin_loss")
+partial_fc_class = _filter("partial_fc_class")
+dataloader_factory = _filter("dataloader_factory")
+verification_class = _filter("verification_class")
+on_train_start = _event("on_train_start")
+on_epoch_end = _event("on_epoch_end")
 
 
-def partial_fc_class(pfc_class: type, cfg: Any) -> type:
-    return _filtered("partial_fc_class", pfc_class, cfg)
-
-
-def dataloader_factory(factory: Callable, cfg: Any) -> Callable:
-    return _filtered("dataloader_factory", factory, cfg)
-
-
-def verification_class(callback_class: type, cfg: Any) -> type:
-    return _filtered("verification_class", callback_class, cfg)
-
-
-def on_train_start(**kwargs: Any) -> None:
-    _broadcast("on_train_start", **kwargs)
-
-
-def on_optimizer_step(**kwargs: Any) -> None:
-    _broadcast("on_optimizer_step", **kwargs)
-
-
-def on_epoch_end(**kwargs: Any) -> None:
-    _broadcast("on_epoch_end", **kwargs)
+def on_optimizer_step(*, global_step: int, optimizer: Any, scaler: Any) -> None:
+    """Tells the features of a step taken; whether GradScaler skipped it is read once, here, and
+    only when a feature listens (see :func:`craft_plugin.amp.step_was_skipped`)."""
+    listening = _implementing("on_optimizer_step")
+    if listening and not step_was_skipped(scaler, optimizer):
+        for enabled in listening:
+            enabled.on_optimizer_step()
 
 
 def on_save_checkpoint(checkpoint: dict) -> None:
-    if _features:
-        checkpoint[CHECKPOINT_KEY] = {f.name: f.state_dict() for f in _features}
+    stateful = _implementing("state_dict")
+    if stateful:
+        checkpoint[CHECKPOINT_KEY] = {f.name: f.state_dict() for f in stateful}
 
 
 def on_resume(checkpoint: dict) -> None:
     states = checkpoint.get(CHECKPOINT_KEY, {})
-    for feature in _features:
-        if feature.name in states:
-            feature.load_state_dict(states[feature.name])
+    for enabled in _implementing("load_state_dict"):
+        if enabled.name in states:
+            enabled.load_state_dict(states[enabled.name])
         else:
             logging.warning("craft-plugin: the checkpoint holds no state for %r; it starts fresh",
-                            feature.name)
-
-
-def on_train_end() -> None:
-    _broadcast("on_train_end")
+                            enabled.name)

@@ -37,6 +37,3 @@ class Registry(Generic[T]):
 
     def names(self) -> List[str]:
         return sorted(self._members)
-
-    def __contains__(self, name: object) -> bool:
-        return name in self._members

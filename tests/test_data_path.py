@@ -14,7 +14,7 @@ import pytest
 import torch
 from easydict import EasyDict
 
-from craft_plugin.data import feature as data_feature
+from craft_plugin.data import rec_reader_feature as data_feature
 from craft_plugin.data.binfile import load_bin, read_bin_pairs
 from craft_plugin.data.dataloader import get_dataloader
 from craft_plugin.data.recordio import IRHeader, RecordFile, pack, write_records

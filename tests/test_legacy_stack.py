@@ -20,7 +20,7 @@ LEGACY_CHECK = textwrap.dedent("""
     import craft_plugin.plugin as plugin
     from craft_plugin.data.dataset import RecFaceDataset
     from craft_plugin.data.binfile import load_bin
-    from craft_plugin.data.feature import mxnet_problem
+    from craft_plugin.data.rec_reader_feature import mxnet_problem
     ds = RecFaceDataset(sys.argv[1])
     image, label = ds[5]
     data, issame = load_bin(sys.argv[1] + "/lfw.bin", (112, 112))
@@ -29,7 +29,7 @@ LEGACY_CHECK = textwrap.dedent("""
     samples = hashlib.sha256(torch.stack([ds[i][0] for i in range(len(ds))]).numpy().tobytes()).hexdigest()
     print(json.dumps({"samples": samples, "numpy": numpy.__version__, "labels": [int(ds[i][1]) for i in range(len(ds))],
                       "shape": list(image.shape), "bin": list(data[0].shape), "issame": issame,
-                      "mxnet_problem": mxnet_problem(), "features": [f.name for f in plugin._features]}))
+                      "mxnet_problem": mxnet_problem(), "features": [f.name for f in plugin.build_features(cfg)]}))
 """)
 
 

@@ -129,6 +129,45 @@ def test_elastic_margins_are_normal_draws_per_global_row_and_seeded():
             assert got[i, y].item() == pytest.approx(cos[i, y].item() - draws[i].item(), abs=1e-6)
 
 
+@pytest.mark.parametrize("name", ["elasticface-arc", "elasticface-cos-plus"])
+def test_elastic_generator_state_restores_before_and_after_first_use(name):
+    """A resumed loss draws what the uninterrupted one draws, whether its generator already exists
+    (state set in place) or is made later on the logits' device (state kept until then)."""
+    spec = {"name": name, "s": 1.0, "sigma": 0.1, "seed": 3}
+    whole = build_margin_loss(spec)
+    assert whole.extra_state() == {}  # nothing drawn: the seed is the state
+    first = whole(cosines(4), LABELS.clone())
+    saved = whole.extra_state()
+    assert whole.generator.device == first.device
+    expected = whole(cosines(4), LABELS.clone())
+    fresh = build_margin_loss(spec)
+    fresh.load_extra_state(saved)
+    assert torch.equal(fresh.extra_state()["generator"], saved["generator"])
+    assert torch.equal(fresh(cosines(4), LABELS.clone()), expected)
+    used = build_margin_loss(spec)
+    used(cosines(4), LABELS.clone())
+    used(cosines(4), LABELS.clone())
+    used.load_extra_state(saved)
+    assert torch.equal(used(cosines(4), LABELS.clone()), expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the host-device sync check needs a GPU")
+@pytest.mark.parametrize("name", ["elasticface-arc", "elasticface-cos-plus"])
+def test_elastic_margins_make_no_host_device_sync(name):
+    loss = build_margin_loss({"name": name, "seed": 2})
+    rows = torch.tensor([0, 2, 3, 5])
+    target = cosines(4).float()[rows, LABELS.view(-1)[rows]].cuda()
+    rows = rows.cuda()
+    loss.margins(target, rows, 6)  # the generator is made here (its seeding may sync, once)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        margins = loss.margins(target, rows, 6)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert margins.device == target.device and loss.generator.device == target.device
+
+
 @pytest.mark.parametrize("name", ["elasticface-arc-plus", "elasticface-cos-plus"])
 def test_plus_gives_harder_samples_larger_margins(name):
     loss = build_margin_loss({"name": name, "s": 1.0, "sigma": 0.1, "seed": 1})

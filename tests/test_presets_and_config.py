@@ -14,6 +14,7 @@ from craft_plugin.cli import main
 from craft_plugin.config import resolve_config
 from craft_plugin.errors import ConfigError
 from craft_plugin.losses.norm_aware_pfc import norm_aware_partial_fc
+from craft_plugin._replica.backbone import MiniIResNet
 from craft_plugin._replica.config import get_config
 from craft_plugin._replica.partial_fc import PartialFC_V2
 from craft_plugin._replica.train import train
@@ -51,6 +52,34 @@ def test_unknown_preset_and_misspelled_keys_are_errors():
 def test_hook_api_version_is_checked():
     with pytest.raises(RuntimeError, match="hook API"):
         craft_plugin.plugin.config(EasyDict(), api=2)
+
+
+def test_hooks_reach_the_features_by_name_and_skipped_steps_are_read_once(monkeypatch):
+    """One read of "did GradScaler skip?" per step, only when a feature counts steps, and a
+    skipped step reaches none of them."""
+    reads = []
+    skipped = iter([True, False])
+    monkeypatch.setattr(craft_plugin.plugin, "step_was_skipped", lambda scaler, opt: reads.append(opt) or next(skipped))
+    craft_plugin.plugin.config(EasyDict(rec_reader="craft", reactivation="craft",
+                                        margin_loss={"name": "sphereface-r", "dm": 0.5, "steps": [0]}))
+    backbone = MiniIResNet(16)
+    optimizer = torch.optim.SGD(backbone.parameters(), lr=0.1)
+    craft_plugin.plugin.on_train_start(cfg=None, backbone=backbone, partial_fc=None, optimizer=optimizer,
+                                       lr_scheduler=None, summary_writer=None, rank=0, world_size=1)
+    loss = craft_plugin.plugin.feature("margin_loss").loss
+    reactivator = craft_plugin.plugin.feature("reactivation").reactivator
+    assert craft_plugin.plugin.margin_loss(None, EasyDict()) is loss
+    for step in (1, 2):
+        craft_plugin.plugin.on_optimizer_step(global_step=step, optimizer=optimizer, scaler="fp16")
+    assert reads == [optimizer, optimizer]
+    assert loss.step == 1 and reactivator.steps == 1 and loss.current_m() == 2.0
+
+    craft_plugin.plugin.config(EasyDict(rec_reader="craft"))
+    craft_plugin.plugin.on_optimizer_step(global_step=3, optimizer=optimizer, scaler="fp16")
+    assert len(reads) == 2  # no feature counts steps: nothing read
+    assert craft_plugin.plugin.partial_fc_class(PartialFC_V2, EasyDict()) is PartialFC_V2
+    with pytest.raises(LookupError, match="'reactivation' is not enabled"):
+        craft_plugin.plugin.feature("reactivation")
 
 
 def test_norm_aware_partial_fc_is_a_drop_in(tmp_path):

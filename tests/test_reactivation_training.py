@@ -28,13 +28,13 @@ def craft_config(path, **overrides):
 
 def test_resume_with_craft_equals_uninterrupted_run(tmp_path):
     whole = train(craft_config(tmp_path / "whole"), plugins=[craft_plugin.plugin])
-    history = craft_plugin.plugin._features[0].reactivator.history
+    history = craft_plugin.plugin.feature("reactivation").reactivator.history
     assert any(r["revived"] for r in history)
     train(craft_config(tmp_path / "cut", stop_after_epoch=1), plugins=[craft_plugin.plugin])
     saved = torch.load(tmp_path / "cut" / "checkpoint_gpu_0.pt", weights_only=False)
     assert saved[CHECKPOINT_KEY]["reactivation"]["steps"] == 8
     resumed = train(craft_config(tmp_path / "cut", resume=True), plugins=[craft_plugin.plugin])
-    assert craft_plugin.plugin._features[0].reactivator.history == history
+    assert craft_plugin.plugin.feature("reactivation").reactivator.history == history
     assert_bit_identical(state_of(whole), state_of(resumed))
     whole_opt, resumed_opt = whole.optimizer.state_dict()["state"], resumed.optimizer.state_dict()["state"]
     for key in whole_opt:
@@ -49,7 +49,7 @@ def rank_bytes(path):
     trained = [backbone.conv1.weight, backbone.bn1.weight, backbone.bn1.bias, backbone.prelu.weight]
     out = {"trained": [t.detach().clone() for t in trained],
            "momentum": [opt.state[t]["momentum_buffer"].clone() for t in trained],
-           "history": craft_plugin.plugin._features[0].reactivator.history}
+           "history": craft_plugin.plugin.feature("reactivation").reactivator.history}
     net = MiniIResNet(16)
     rank = torch.distributed.get_rank()
     with torch.no_grad():

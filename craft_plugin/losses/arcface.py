@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import torch
 
-from craft_plugin.losses.base import MarginLoss, in_range, theta_of
+from craft_plugin.losses.base import MarginLoss, theta_of
 from craft_plugin.losses.registry import MARGIN_LOSSES
+from craft_plugin.validation import in_range
 
 
 @MARGIN_LOSSES.register("arcface")
 class ArcFace(MarginLoss):
+    source = "ArcFace, arXiv 1801.07698; defaults as arcface_torch's configs (margin_list (1.0, 0.5, 0.0))"
+
     def __init__(self, s: float = 64.0, m: float = 0.5):
         super().__init__(s)
         self.m = in_range("margin_loss.m", m, 0.0, 3.14159)

@@ -1,4 +1,4 @@
-"""The margin-loss contract of arcface_torch's Partial FC, and validation helpers.
+"""The margin-loss contract of arcface_torch's Partial FC.
 
 Partial FC calls ``margin_softmax(logits, labels)`` with ``logits`` the clamped cosines (B_global,
 C_local) of this rank's (possibly sampled) class shard and ``labels`` (B, 1), -1 where the class
@@ -11,12 +11,11 @@ which also applies ``total_loss`` (loss weights, regularisers) to the cross-entr
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Union
 
 import torch
 
-from craft_plugin.errors import ConfigError
+from craft_plugin.validation import positive
 
 COS_EPS = 1e-6  # acos is clamped to [-1 + eps, 1 - eps]: finite gradients at cos = +-1
 
@@ -28,24 +27,6 @@ def at_least_float32(logits: torch.Tensor) -> torch.Tensor:
 
 def theta_of(cos: torch.Tensor) -> torch.Tensor:
     return torch.acos(cos.clamp(-1 + COS_EPS, 1 - COS_EPS))
-
-
-def require(key: str, value: float, ok: bool, allowed: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not ok:
-        raise ConfigError(key, value, allowed)
-    return float(value)
-
-
-def positive(key: str, value: float) -> float:
-    return require(key, value, isinstance(value, (int, float)) and value > 0, "a number > 0")
-
-
-def non_negative(key: str, value: float) -> float:
-    return require(key, value, isinstance(value, (int, float)) and value >= 0, "a number >= 0")
-
-
-def in_range(key: str, value: float, low: float, high: float) -> float:
-    return require(key, value, isinstance(value, (int, float)) and low <= value <= high, f"a number in [{low:g}, {high:g}]")
 
 
 def _target_grad(ctx, grad_target: torch.Tensor) -> torch.Tensor:
@@ -130,6 +111,7 @@ class MarginLoss(torch.nn.Module):
     normalisation)."""
 
     needs_norms = False
+    source = ""  # the paper, and where the constructor's defaults come from (the loss's preset cites it)
 
     def __init__(self, s: float):
         super().__init__()

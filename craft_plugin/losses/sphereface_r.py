@@ -22,8 +22,9 @@ from typing import Optional, Sequence, Union
 import torch
 
 from craft_plugin.errors import ConfigError
-from craft_plugin.losses.base import COS_EPS, MarginLoss, at_least_float32, in_range, non_negative, positive, theta_of
+from craft_plugin.losses.base import COS_EPS, MarginLoss, at_least_float32, theta_of
 from craft_plugin.losses.registry import MARGIN_LOSSES
+from craft_plugin.validation import boolean, in_range, integer, non_negative, one_of, positive
 
 MAGNITUDES = ("v0", "v1", "v2")
 NORMS = ("hard", "none", "soft")
@@ -40,24 +41,23 @@ def psi(theta: torch.Tensor, m: float, magnitude: str) -> torch.Tensor:
 
 @MARGIN_LOSSES.register("sphereface-r")
 class SphereFaceR(MarginLoss):
+    source = ("SphereFace-R, arXiv 2109.05565; hard feature normalisation, v0, s, m, lw and t as the authors' "
+              "OpenSphere config")
+
     def __init__(self, s: float = 30.0, m: float = 1.5, magnitude: str = "v0", norm: str = "hard",
                  detach: bool = True, lw: float = 50.0, t: float = 0.01, dm: float = 0.0,
                  steps: Sequence[int] = ()):
         super().__init__(s)
-        if magnitude not in MAGNITUDES:
-            raise ConfigError("margin_loss.magnitude", magnitude, f"one of {list(MAGNITUDES)}")
-        if norm not in NORMS:
-            raise ConfigError("margin_loss.norm", norm, f"one of {list(NORMS)}")
-        if not isinstance(detach, bool):
-            raise ConfigError("margin_loss.detach", detach, "True or False")
-        if not all(isinstance(x, int) and x >= 0 for x in steps):
+        if not isinstance(steps, (list, tuple)):
             raise ConfigError("margin_loss.steps", steps, "a list of step numbers >= 0")
         self.m = in_range("margin_loss.m", m, 1.0, 10.0)
-        self.magnitude, self.norm, self.detach = magnitude, norm, detach
+        self.magnitude = one_of("margin_loss.magnitude", magnitude, MAGNITUDES)
+        self.norm = one_of("margin_loss.norm", norm, NORMS)
+        self.detach = boolean("margin_loss.detach", detach)
         self.lw = positive("margin_loss.lw", lw)
         self.t = non_negative("margin_loss.t", t)
         self.dm = non_negative("margin_loss.dm", dm)
-        self.steps = sorted(steps)
+        self.steps = sorted(integer(f"margin_loss.steps[{i}]", x, 0) for i, x in enumerate(steps))
         self.step = 0
         self.needs_norms = norm != "hard"
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from craft_plugin.errors import ConfigError
+from craft_plugin.reactivation.strategies import STRATEGIES
+from craft_plugin.validation import boolean, integer, non_negative, number, one_of, positive
 
 KEY = "reactivation"
 
@@ -31,31 +33,31 @@ class ReactivationOptions:
     reset_followers: bool = True         # also reset the channel's BatchNorm and PReLU
     seed: int = 0                        # seed of the plugin's own generator
 
-
-CHECKS = {
-    "criterion": (lambda v: v in ("relative", "absolute"), '"relative" or "absolute"'),
-    "threshold": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0,
-                  "a number > 0 (and < 1 when criterion is relative)"),
-    "reference_quantile": (lambda v: isinstance(v, (int, float)) and 0 <= v < 1, "a number in [0, 1)"),
-    "every": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
-    "at_epoch_end": (lambda v: isinstance(v, bool), "True or False"),
-    "start": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "an integer >= 0"),
-    "stop": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
-             "None or an integer >= start"),
-    "max_revive": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
-    "strategy": (lambda v: isinstance(v, str), "a strategy name"),
-    "parents": (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an integer >= 1"),
-    "noise": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0, "a number >= 0"),
-    "reset_followers": (lambda v: isinstance(v, bool), "True or False"),
-    "layer": (lambda v: v is None or (isinstance(v, str) and v), "None or a module name"),
-    "seed": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
-}
+    def __post_init__(self) -> None:
+        if self.layer is not None and not (isinstance(self.layer, str) and self.layer):
+            raise ConfigError(f"{KEY}.layer", self.layer, "None or a module name")
+        one_of(f"{KEY}.criterion", self.criterion, ("relative", "absolute"))
+        if self.criterion == "relative":
+            number(f"{KEY}.threshold", self.threshold, lambda v: 0 < v < 1, "a number in (0, 1) when criterion is relative")
+        positive(f"{KEY}.threshold", self.threshold)
+        number(f"{KEY}.reference_quantile", self.reference_quantile, lambda v: 0 <= v < 1, "a number in [0, 1)")
+        integer(f"{KEY}.every", self.every, 0)
+        boolean(f"{KEY}.at_epoch_end", self.at_epoch_end)
+        integer(f"{KEY}.start", self.start, 0)
+        if self.stop is not None:
+            integer(f"{KEY}.stop", self.stop, self.start)
+        integer(f"{KEY}.max_revive", self.max_revive, 1)
+        if not isinstance(self.strategy, str):
+            raise ConfigError(f"{KEY}.strategy", self.strategy, "a strategy name")
+        STRATEGIES.get(self.strategy)
+        integer(f"{KEY}.parents", self.parents, 1)
+        non_negative(f"{KEY}.noise", self.noise)
+        boolean(f"{KEY}.reset_followers", self.reset_followers)
+        integer(f"{KEY}.seed", self.seed)
 
 
 def parse_options(value: Any) -> Optional[ReactivationOptions]:
     """``config.reactivation`` -> options, or ``None`` when CRAFT is off."""
-    from craft_plugin.reactivation.strategies import STRATEGIES
-
     if value is None or value is False:
         return None
     if value is True or value == "craft":
@@ -66,13 +68,4 @@ def parse_options(value: Any) -> Optional[ReactivationOptions]:
     for key, item in value.items():
         if key not in fields:
             raise ConfigError(f"{KEY}.{key}", item, f"one of the option names {sorted(fields)}")
-        ok, allowed = CHECKS[key]
-        if not ok(item):
-            raise ConfigError(f"{KEY}.{key}", item, allowed)
-    options = ReactivationOptions(**value)
-    if options.criterion == "relative" and options.threshold >= 1:
-        raise ConfigError(f"{KEY}.threshold", options.threshold, "a number in (0, 1) when criterion is relative")
-    if options.stop is not None and options.stop < options.start:
-        raise ConfigError(f"{KEY}.stop", options.stop, f"None or an integer >= start ({options.start})")
-    STRATEGIES.get(options.strategy)
-    return options
+    return ReactivationOptions(**value)

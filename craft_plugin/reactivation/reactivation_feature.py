@@ -4,15 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-from craft_plugin.amp import step_was_skipped
-from craft_plugin.features import FEATURES, Feature
 from craft_plugin.reactivation.controller import Reactivator
 from craft_plugin.reactivation.layer import find_first_layer
 from craft_plugin.reactivation.options import ReactivationOptions, parse_options
 
 
-@FEATURES.register("reactivation")
-class ReactivationFeature(Feature):
+class ReactivationFeature:
+    """Hooks: ``on_train_start``, ``on_optimizer_step``, ``on_epoch_end``, checkpoint state."""
+
     name = "reactivation"
 
     def __init__(self, options: ReactivationOptions):
@@ -24,14 +23,14 @@ class ReactivationFeature(Feature):
         options = parse_options(cfg.get("reactivation"))
         return None if options is None else cls(options)
 
-    def on_train_start(self, *, cfg: Any, backbone: Any, optimizer: Any, summary_writer: Any,
+    def on_train_start(self, *, backbone: Any, optimizer: Any, summary_writer: Any,
                        world_size: int, **_: Any) -> None:
         layer = find_first_layer(backbone, self.options.layer)
         self.reactivator = Reactivator(self.options, layer, optimizer, summary_writer, world_size)
 
-    def on_optimizer_step(self, *, global_step: int, optimizer: Any, scaler: Any) -> None:
-        if not step_was_skipped(scaler, optimizer):
-            self.reactivator.step()
+    def on_optimizer_step(self) -> None:
+        """An optimizer step was taken (the plugin does not call this for a skipped AMP step)."""
+        self.reactivator.step()
 
     def on_epoch_end(self, *, epoch: int, global_step: int) -> None:
         self.reactivator.epoch_end()

@@ -12,7 +12,6 @@ import logging
 from typing import Any, Callable, Optional
 
 from craft_plugin.errors import ConfigError
-from craft_plugin.features import FEATURES, Feature
 
 CHOICES = ("auto", "craft", "mxnet")
 
@@ -26,8 +25,9 @@ def mxnet_problem() -> Optional[str]:
     return None
 
 
-@FEATURES.register("rec_reader")
-class RecReaderFeature(Feature):
+class RecReaderFeature:
+    """Hooks: ``dataloader_factory``, ``verification_class``."""
+
     name = "rec_reader"
 
     @classmethod

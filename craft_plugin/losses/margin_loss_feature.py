@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
-from craft_plugin.amp import step_was_skipped
-from craft_plugin.features import FEATURES, Feature
 from craft_plugin.losses import MarginLoss, build_margin_loss
 from craft_plugin.losses.norm_aware_pfc import norm_aware_partial_fc
 
 
-@FEATURES.register("margin_loss")
-class MarginLossFeature(Feature):
+class MarginLossFeature:
+    """Hooks: ``margin_loss``, ``partial_fc_class``, ``on_optimizer_step``, checkpoint state."""
+
     name = "margin_loss"
 
     def __init__(self, loss: MarginLoss):
@@ -30,9 +29,9 @@ class MarginLossFeature(Feature):
         custom = type(self.loss).total_loss is not MarginLoss.total_loss
         return norm_aware_partial_fc(pfc_class) if self.loss.needs_norms or custom else pfc_class
 
-    def on_optimizer_step(self, *, global_step: int, optimizer: Any, scaler: Any) -> None:
-        if not step_was_skipped(scaler, optimizer):
-            self.loss.on_step()
+    def on_optimizer_step(self) -> None:
+        """An optimizer step was taken (the plugin does not call this for a skipped AMP step)."""
+        self.loss.on_step()
 
     def state_dict(self) -> dict:
         return self.loss.extra_state()
