@@ -1,15 +1,25 @@
-"""Record reader throughput against mxnet and bare OpenCV, on one generated file.
+"""Record reader and data feed throughput against mxnet, upstream and bare OpenCV, on one generated file.
 
 Writes N records of 112x112 JPEG (quality 90) in insightface layout, then measures, in random
-order through the ``.idx``: raw reads (ours: ``RecordFile.read_unpacked``, what the Dataset uses; mxnet 1.9.1's
-``MXIndexedRecordIO.read_idx`` + ``recordio.unpack``, run with the legacy venv's python),
-``cv2.imdecode`` alone on the same payloads, mxnet's ``mx.image.imdecode``, and our Dataset's
-``__getitem__`` (read + decode + flip + normalise to a tensor) inside a DataLoader worker, as
-training runs it, and in the main process (``num_workers=0``, where coins are drawn one by one),
-then its steps timed one by one in the worker. Memory: the reader's index
-(bytes per record) plus one image, no whole-file reads (the file is memory-mapped).
+order through the ``.idx``: raw reads (ours: ``RecordFile.read_unpacked``, what the Dataset uses;
+mxnet 1.9.1's ``MXIndexedRecordIO.read_idx`` + ``recordio.unpack``, run with the legacy venv's
+python), ``cv2.imdecode`` alone on the same payloads (and simplejpeg's decoder where it is
+installed), mxnet's ``mx.image.imdecode``, and our Dataset's ``__getitem__`` (read + decode + flip
++ uint8 CHW layout) inside a DataLoader worker, as training runs it, and in the main process
+(``num_workers=0``, where coins are drawn one by one), then its steps timed one by one in the worker.
 
-usage: python bench/bench_reader.py [--records N] [--legacy-python PATH]
+Whole epochs through a loader (2 workers, batch 128, shuffled, best of ``--epochs``, worker start-up
+included): the uint8 path (items uint8, each batch normalised in the main process, the device
+here), the float path (the same items normalised one by one in the workers, float32 through
+shared memory, as before uint8), and upstream's ``MXFaceDataset`` + ``DataLoaderX`` on the mxnet
+stack, imported from an arcface_torch checkout given with ``--upstream`` and run by
+``--upstream-python`` (mxnet 1.9.1, numpy < 1.24, torchvision; CUDA calls become no-ops on a
+machine without a GPU); without ``--upstream`` that row is skipped. Bytes per image: what a worker
+hands over through shared memory (the collated batch's tensors). Memory: the reader's index (bytes
+per record) plus one image, no whole-file reads (the file is memory-mapped).
+
+usage: python bench/bench_reader.py [--records N] [--epochs E] [--legacy-python PATH]
+                                    [--upstream ARCFACE_TORCH_DIR] [--upstream-python PATH]
 """
 from __future__ import annotations
 
@@ -20,18 +30,21 @@ import tempfile
 import time
 from functools import partial
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import cv2
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from craft_plugin.data.dataloader import DeviceLoader
 from craft_plugin.data.dataset import RecFaceDataset
 from craft_plugin.data.recordio import RecordFile
-from craft_plugin.data.transforms import decode_bgr, label_tensor, to_training_tensor
+from craft_plugin.data.transforms import decode_bgr, label_tensor, normalise, to_chw
 from craft_plugin.data.writer import write_rec
 from craft_plugin._replica.synthetic import synthetic_image
+
+BATCH, WORKERS = 128, 2
 
 MXNET_SIDE = """
 import sys, time, random, mxnet as mx
@@ -47,6 +60,34 @@ start = time.perf_counter()
 for p in sample:
     mx.image.imdecode(p)
 print(raw, len(sample) / (time.perf_counter() - start))
+"""
+
+# argv: arcface_torch checkout, record folder, epochs, batch size, workers. Without a GPU the CUDA
+# calls DataLoaderX makes (stream, set_device, copy to an int device) become no-ops on the CPU.
+UPSTREAM_EPOCHS = """
+import contextlib, sys, time, types, warnings
+import torch
+sys.path.insert(0, sys.argv[1])
+if not torch.cuda.is_available():
+    torch.cuda.Stream = lambda *args, **kwargs: None
+    torch.cuda.stream = lambda stream: contextlib.nullcontext()
+    torch.cuda.set_device = lambda device: None
+    torch.cuda.current_stream = lambda *args: types.SimpleNamespace(wait_stream=lambda stream: None)
+    to = torch.Tensor.to
+    torch.Tensor.to = lambda self, *a, **k: self if isinstance(k.get("device"), int) else to(self, *a, **k)
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")
+from dataset import DataLoaderX, MXFaceDataset
+torch.set_num_threads(1)
+root, epochs, batch, workers = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+dataset, best = MXFaceDataset(root, 0), 0.0
+for _ in range(epochs):
+    start, count = time.perf_counter(), 0
+    loader = DataLoaderX(local_rank=0, dataset=dataset, batch_size=batch, shuffle=True, num_workers=workers,
+                         pin_memory=True, drop_last=True)
+    for images, labels in loader:
+        count += len(images)
+    best = max(best, count / (time.perf_counter() - start))
+print(best)
 """
 
 
@@ -85,7 +126,7 @@ def in_worker(measure):
 
 def getitem_stages(dataset: RecFaceDataset, positions: List[int]) -> Dict[str, float]:
     """Where ``__getitem__``'s time goes: its steps timed one by one, interleaved as it runs them."""
-    clock, totals = time.perf_counter, dict.fromkeys(("read", "decode", "coin", "transform", "label"), 0.0)
+    clock, totals = time.perf_counter, dict.fromkeys(("read", "decode", "coin", "layout", "label"), 0.0)
     for i in positions:
         t0 = clock()
         header, payload = dataset.records.read_unpacked(int(dataset.imgidx[i]))
@@ -94,7 +135,7 @@ def getitem_stages(dataset: RecFaceDataset, positions: List[int]) -> Dict[str, f
         t2 = clock()
         flip = dataset.flips()
         t3 = clock()
-        to_training_tensor(image, flip, bgr=True)
+        to_chw(image, flip, bgr=True)
         t4 = clock()
         label_tensor(int(header.label))
         t5 = clock()
@@ -103,10 +144,74 @@ def getitem_stages(dataset: RecFaceDataset, positions: List[int]) -> Dict[str, f
     return {name: seconds / len(positions) * 1e6 for name, seconds in totals.items()}
 
 
+class NormalisedInWorker(Dataset):
+    """The float path: each item normalised in the worker, so float32 crosses shared memory."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        return normalise(image), label
+
+
+def epoch_rate(dataset: Dataset, epochs: int) -> float:
+    """Images per second over whole epochs (best of ``epochs``), from creating the iterator
+    (workers start) to the last normalised batch in the main process."""
+    best = 0.0
+    for _ in range(epochs):
+        start, count = time.perf_counter(), 0
+        for images, _ in DeviceLoader(None, dataset=dataset, batch_size=BATCH, shuffle=True, num_workers=WORKERS,
+                                      drop_last=True):
+            count += len(images)
+        best = max(best, rate(count, time.perf_counter() - start))
+    return best
+
+
+def shared_bytes_per_image(dataset: Dataset) -> float:
+    """Bytes of one collated batch as a worker hands it over (its tensors live in shared memory), per image."""
+    batch = next(iter(DataLoader(dataset, batch_size=BATCH, num_workers=1)))
+    assert all(t.is_shared() for t in batch)
+    return sum(t.nbytes for t in batch) / len(batch[0])
+
+
+def optional_decoder(payloads: List[bytes]) -> Tuple[Optional[float], Optional[bool]]:
+    """simplejpeg's libjpeg-turbo decoder, where installed: images/s and whether its pixels equal OpenCV's."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None, None
+    start = time.perf_counter()
+    for p in payloads:
+        simplejpeg.decode_jpeg(p, "BGR")
+    speed = rate(len(payloads), time.perf_counter() - start)
+    same = all(np.array_equal(simplejpeg.decode_jpeg(p, "BGR"), decode_bgr(p, "bench")) for p in payloads)
+    return speed, same
+
+
+def run_python(python: str, script: str, *args: str) -> List[float]:
+    out = subprocess.run([python, "-c", script, *args], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"{python} failed:\n{out.stderr}")
+    return [float(v) for v in out.stdout.split()]
+
+
+def fmt(value: Optional[float], unit: str, missing: str) -> str:
+    return missing if value is None else f"{value:>12,.0f} {unit}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=20000)
-    parser.add_argument("--legacy-python", default=str(Path(__file__).resolve().parents[1] / ".venv-legacy/bin/python"))
+    parser.add_argument("--epochs", type=int, default=2, help="whole epochs per loader row (the best is kept)")
+    default_legacy = str(Path(__file__).resolve().parents[1] / ".venv-legacy/bin/python")
+    parser.add_argument("--legacy-python", default=default_legacy)
+    parser.add_argument("--upstream", help="an arcface_torch checkout (its dataset.py is imported, never copied)")
+    parser.add_argument("--upstream-python", default=default_legacy,
+                        help="python with upstream's stack: mxnet 1.9.1, numpy < 1.24, torch, torchvision")
     args = parser.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,34 +232,56 @@ def main() -> None:
         for p in sample:
             cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR)
         cv2_rate = rate(len(sample), time.perf_counter() - start)
+        simplejpeg_rate, simplejpeg_same = optional_decoder(sample)
         positions = [int(np.searchsorted(dataset.imgidx, k)) for k in keys[:2000]]
         getitem_main = getitem_rate(dataset, positions)
         getitem, stages = in_worker(partial(worker_figures, dataset, positions))
         index_bytes = records.keys.nbytes + records.offsets.nbytes
-        mx_raw = mx_decode = None
+        uint8_epoch = epoch_rate(dataset, args.epochs)
+        float_epoch = epoch_rate(NormalisedInWorker(dataset), args.epochs)
+        uint8_bytes, float_bytes = shared_bytes_per_image(dataset), shared_bytes_per_image(NormalisedInWorker(dataset))
+        mx_raw = mx_decode = upstream_epoch = None
         if Path(args.legacy_python).exists():
-            out = subprocess.run([args.legacy_python, "-c", MXNET_SIDE, rec, str(args.records)],
-                                 capture_output=True, text=True, check=True)
-            mx_raw, mx_decode = map(float, out.stdout.split())
+            mx_raw, mx_decode = run_python(args.legacy_python, MXNET_SIDE, rec, str(args.records))
+        if args.upstream:
+            upstream_epoch, = run_python(args.upstream_python, UPSTREAM_EPOCHS, args.upstream, tmp, str(args.epochs),
+                                         str(BATCH), str(WORKERS))
     print(f"{args.records} records of 112x112 JPEG, {size_mb:.1f} MB, random order via .idx")
-    rows = [("raw read+unpack, ours", ours_raw), ("raw read+unpack, mxnet", mx_raw),
-            ("cv2.imdecode alone", cv2_rate), ("mx.image.imdecode alone", mx_decode),
-            ("__getitem__, DataLoader worker", getitem), ("__getitem__, main process", getitem_main)]
-    for name, value in rows:
-        print(f"{name:<30}{'n/a (no legacy venv)' if value is None else f'{value:>12,.0f} /s'}")
+    no_legacy, no_upstream = "n/a (no legacy venv)", "n/a (no --upstream arcface_torch checkout given)"
+    rows = [("raw read+unpack, ours", ours_raw, "/s", no_legacy), ("raw read+unpack, mxnet", mx_raw, "/s", no_legacy),
+            ("cv2.imdecode alone", cv2_rate, "/s", ""), ("mx.image.imdecode alone", mx_decode, "/s", no_legacy),
+            ("simplejpeg.decode_jpeg alone", simplejpeg_rate, "/s", "n/a (simplejpeg not installed)"),
+            ("__getitem__, DataLoader worker", getitem, "/s", ""), ("__getitem__, main process", getitem_main, "/s", ""),
+            (f"epoch, uint8 path ({WORKERS} workers, batch {BATCH})", uint8_epoch, "images/s", ""),
+            ("epoch, float path", float_epoch, "images/s", ""),
+            ("epoch, upstream MXFaceDataset+DataLoaderX", upstream_epoch, "images/s", no_upstream),
+            ("shared memory, uint8 path", uint8_bytes, "B/image", ""),
+            ("shared memory, float path", float_bytes, "B/image", "")]
+    for name, value, unit, missing in rows:
+        print(f"{name:<44}{fmt(value, unit, missing)}")
+    if simplejpeg_same is not None:
+        print(f"{'simplejpeg pixels equal cv2.imdecode':<44}{'yes' if simplejpeg_same else 'no':>12}")
     ratios = {"raw_vs_mxnet": ours_raw / mx_raw if mx_raw else None,
               "getitem_vs_cv2_decode": getitem / cv2_rate,
-              "getitem_vs_mxnet_decode": getitem / mx_decode if mx_decode else None}
+              "getitem_vs_mxnet_decode": getitem / mx_decode if mx_decode else None,
+              "epoch_uint8_vs_float": uint8_epoch / float_epoch,
+              "epoch_uint8_vs_upstream": uint8_epoch / upstream_epoch if upstream_epoch else None,
+              "shared_bytes_uint8_vs_float": uint8_bytes / float_bytes}
     for name, value in ratios.items():
-        print(f"{name:<30}{'n/a' if value is None else f'{value:>12.2f}x'}")
+        print(f"{name:<44}{'n/a' if value is None else f'{value:>12.2f}x'}")
     print("__getitem__ stages in a worker, us per image inside the loop (cache-cold, unlike the loops above):")
     for name, value in stages.items():
-        print(f"  {name:<28}{value:>12.1f} us")
-    print(f"{'index memory per worker':<30}{index_bytes / args.records:>12.1f} B/record (+ one image)")
+        print(f"  {name:<42}{value:>12.1f} us")
+    print(f"{'index memory per worker':<44}{index_bytes / args.records:>12.1f} B/record (+ one image)")
     print(json.dumps({"bench": "reader", "records": args.records, "ours_raw_per_s": round(ours_raw),
                       "mxnet_raw_per_s": mx_raw and round(mx_raw), "cv2_decode_per_s": round(cv2_rate),
-                      "mxnet_decode_per_s": mx_decode and round(mx_decode), "getitem_per_s": round(getitem),
+                      "mxnet_decode_per_s": mx_decode and round(mx_decode),
+                      "simplejpeg_decode_per_s": simplejpeg_rate and round(simplejpeg_rate),
+                      "simplejpeg_equals_cv2": simplejpeg_same, "getitem_per_s": round(getitem),
                       "getitem_main_process_per_s": round(getitem_main),
+                      "epoch_uint8_per_s": round(uint8_epoch), "epoch_float_per_s": round(float_epoch),
+                      "epoch_upstream_per_s": upstream_epoch and round(upstream_epoch),
+                      "shared_bytes_per_image_uint8": uint8_bytes, "shared_bytes_per_image_float": float_bytes,
                       **{k: v and round(v, 3) for k, v in ratios.items()},
                       "getitem_stage_us": {k: round(v, 1) for k, v in stages.items()},
                       "index_bytes_per_record": index_bytes / args.records}))
