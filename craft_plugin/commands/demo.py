@@ -111,7 +111,7 @@ def run_one(name: str, args: argparse.Namespace, data: Path, out: Path, reactiva
     backbone = unwrap(result.backbone)
     accuracy, std, _ = verify(load_bin(str(data / "val.bin"), (IMAGE_SIZE, IMAGE_SIZE)), backbone)
     weight = backbone.conv1.weight.detach()
-    history = craft_plugin.plugin._features[0].reactivator.history if reactivation else []
+    history = craft_plugin.plugin.feature("reactivation").reactivator.history if reactivation else []
     cv2.imwrite(str(out / f"{name}_conv1_filters.png"), cv2.cvtColor(filter_grid(weight), cv2.COLOR_RGB2BGR))
     return {"final_loss": float(np.mean(result.losses[-20:])), "accuracy": accuracy, "accuracy_std": std,
             "inactive_final": probe.curve[-1][1], "inactive_curve": probe.curve,
