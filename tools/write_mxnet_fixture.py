@@ -12,6 +12,8 @@ OUT_DIR (created; must not hold a dataset yet) receives an insightface-layout da
 - ``lfw.bin``: ``pickle.dump((bins, issame_list), f, protocol=pickle.HIGHEST_PROTOCOL)`` as
   insightface packs verification sets: 8 JPEG byte strings (pairs 0-1, 2-3, ...) and
   ``issame_list = [True, False, True, False]``.
+- ``lfw_protocol2.bin``: the same pickled with protocol 2, as older Python 3 scripts wrote .bin
+  files (bytes then pickle as ``_codecs.encode`` calls).
 The images are smooth random colour fields with light noise drawn from fixed seeds, so every run
 writes the same pixels (the JPEG bytes depend only on the OpenCV that mxnet encodes with).
 """
@@ -65,8 +67,9 @@ def write_bin(out: str) -> None:
             assert ok
             bins.append(jpeg.tobytes())
         issame_list.append(same)
-    with open(os.path.join(out, "lfw.bin"), "wb") as f:
-        pickle.dump((bins, issame_list), f, protocol=pickle.HIGHEST_PROTOCOL)
+    for name, protocol in (("lfw.bin", pickle.HIGHEST_PROTOCOL), ("lfw_protocol2.bin", 2)):
+        with open(os.path.join(out, name), "wb") as f:
+            pickle.dump((bins, issame_list), f, protocol=protocol)
 
 
 def main(out: str) -> None:
@@ -75,7 +78,8 @@ def main(out: str) -> None:
         sys.exit(f"{out} already holds train.rec: give an empty folder")
     write_train(out)
     write_bin(out)
-    print(f"mxnet {mx.__version__}, numpy {np.__version__}: wrote {out}/train.rec, train.idx, property, lfw.bin")
+    print(f"mxnet {mx.__version__}, numpy {np.__version__}: wrote {out}/train.rec, train.idx, property, lfw.bin, "
+          "lfw_protocol2.bin")
 
 
 if __name__ == "__main__":
