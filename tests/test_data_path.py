@@ -141,6 +141,14 @@ def test_load_bin_equals_mxnet_decoding(legacy_python, mxnet_fixture_dir, tmp_pa
         assert torch.equal(data[1][i], reference.flip(2))
 
 
+def test_protocol_2_bin_loads_like_the_highest_protocol(mxnet_fixture_dir):
+    """The fixture's lfw_protocol2.bin (bytes pickled as _codecs.encode calls) holds the same pairs."""
+    assert read_bin_pairs(str(mxnet_fixture_dir / "lfw_protocol2.bin")) == read_bin_pairs(str(mxnet_fixture_dir / "lfw.bin"))
+    old, _ = load_bin(str(mxnet_fixture_dir / "lfw_protocol2.bin"), (112, 112))
+    new, _ = load_bin(str(mxnet_fixture_dir / "lfw.bin"), (112, 112))
+    assert all(torch.equal(a, b) for a, b in zip(old, new))
+
+
 def brute_force_accuracy(dist, issame, folds=10):
     """Written independently of the library: explicit folds, every threshold, first best."""
     n = len(dist)
