@@ -22,7 +22,7 @@ from craft_plugin._replica.synthetic import synthetic_image
 HERE = Path(__file__).resolve().parent
 
 
-def test_fixture_reads_as_its_readme_states(mxnet_fixture_dir):
+def test_fixture_reads_as_tools_write_mxnet_fixture_documents(mxnet_fixture_dir):
     records = RecordFile(mxnet_fixture_dir / "train.rec")
     assert records.keys.tolist() == list(range(10))
     # the header record is 8 + 24 + 8 bytes; the next starts after record 1's 4-aligned payload
