@@ -1,4 +1,7 @@
-"""Applying, checking and reverting craft-plugin's unified diffs on an arcface_torch checkout.
+"""Applying, checking and reverting craft-plugin's patches on an arcface_torch checkout.
+
+A patch is the unified diff ``craft_plugin/patches/<name>.patch`` plus the files it adds, which are
+taken verbatim from this package (``ADDED_FILES``: ``plugin_hooks.py`` for the hooks patch).
 
 A small, exact applier (no ``patch``/``git`` needed): each hunk's old lines must be found
 verbatim, at the stated line or elsewhere in the file if upstream moved it, and nowhere else
@@ -18,6 +21,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 PATCH_NAMES = ("arcface_torch_hooks", "arcface_torch_compat")
+# files a patch adds to the checkout, copied from this package: the hook dispatcher that the patched
+# train_v2.py imports is craft_plugin/plugin_hooks.py itself, so its text exists once
+ADDED_FILES = {"arcface_torch_hooks": ("plugin_hooks.py",)}
 CHECKOUT_MARKERS = ("train_v2.py", "partial_fc_v2.py", "losses.py", "lr_scheduler.py", "configs")
 HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 LINE = re.compile(r"[^\n]*\n|[^\n]+\Z")
@@ -136,9 +142,17 @@ class PatchState:
     results: Dict[str, Optional[str]] = field(default_factory=dict)  # path -> new text (None = delete)
 
 
+def added_file(path: str, text: str) -> FilePatch:
+    """The new-file patch that creates ``path`` holding ``text``."""
+    lines = split_lines(text)
+    return FilePatch(path, True, [Hunk(0, f"@@ -0,0 +1,{len(lines)} @@\n", [("+", line) for line in lines])])
+
+
 def load_patch(name: str) -> List[FilePatch]:
-    source = resources.files("craft_plugin.patches") / f"{name}.patch"
-    return parse_patch(source.read_text(encoding="utf-8"))
+    """Patch ``name``: the files it adds, taken from this package, then its ``.patch`` file."""
+    package = resources.files("craft_plugin")
+    added = [added_file(path, (package / path).read_text(encoding="utf-8")) for path in ADDED_FILES.get(name, ())]
+    return added + parse_patch((package / "patches" / f"{name}.patch").read_text(encoding="utf-8"))
 
 
 def check_checkout(root: Path) -> None:

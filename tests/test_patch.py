@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import craft_plugin._replica.train
+import craft_plugin.patching
 from craft_plugin import plugin_hooks
 from craft_plugin.cli import main
 from craft_plugin.patching import PATCH_NAMES, CHECKOUT_MARKERS, PatchError, apply, check, load_patch, revert
@@ -119,6 +120,19 @@ def test_patch_adds_exactly_the_mini_pipelines_hook_calls():
     patch_calls = hook_calls_in(added)
     assert len(patch_calls) == 11
     assert patch_calls == hook_calls_in(Path(craft_plugin._replica.train.__file__).read_text())
+
+
+def test_patches_are_package_files_and_the_dispatcher_text_exists_once():
+    """The .patch files are regular files inside the package; the hooks patch adds plugin_hooks.py
+    from the module itself, and its .patch file does not restate it."""
+    folder = Path(craft_plugin.patching.__file__).parent / "patches"
+    assert not folder.is_symlink()
+    for name in PATCH_NAMES:
+        assert (folder / f"{name}.patch").is_file() and not (folder / f"{name}.patch").is_symlink()
+    assert "plugin_hooks.py" not in (folder / "arcface_torch_hooks.patch").read_text()
+    added = [fp for fp in load_patch("arcface_torch_hooks") if fp.new_file]
+    assert [fp.path for fp in added] == ["plugin_hooks.py"]
+    assert "".join(added[0].hunks[0].side("+")) == Path(plugin_hooks.__file__).read_text()
 
 
 def test_patch_budget():

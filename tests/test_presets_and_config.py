@@ -13,6 +13,7 @@ import craft_plugin.plugin
 from craft_plugin.cli import main
 from craft_plugin.config import resolve_config
 from craft_plugin.errors import ConfigError
+from craft_plugin.losses import MARGIN_LOSSES, build_margin_loss, default_parameters
 from craft_plugin.losses.norm_aware_pfc import norm_aware_partial_fc
 from craft_plugin._replica.backbone import MiniIResNet
 from craft_plugin._replica.config import get_config
@@ -31,6 +32,17 @@ def test_every_preset_resolves_and_builds(name):
     assert ("margin_loss" in features) == ("margin_loss" in PRESETS.get(name).values)
     assert ("reactivation" in features) == name.endswith("craft")
     assert PRESETS.get(name).source
+
+
+@pytest.mark.parametrize("name", MARGIN_LOSSES.names())
+def test_loss_presets_are_the_losses_registered_defaults_and_citation(name):
+    """Every margin loss has a preset (and a +craft twin) holding its constructor's defaults."""
+    cls = MARGIN_LOSSES.get(name)
+    assert cls.source
+    for preset in (name, f"{name}+craft"):
+        assert preset_values(preset)["margin_loss"] == {"name": name, **default_parameters(name)}
+        assert PRESETS.get(preset).source.startswith(cls.source)
+    assert isinstance(build_margin_loss(preset_values(name)["margin_loss"]), cls)
 
 
 def test_explicit_keys_win_over_the_preset():

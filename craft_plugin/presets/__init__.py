@@ -2,13 +2,14 @@
 
 A preset fills the plugin's keys (``margin_loss``, ``reactivation``) that the config does not set
 itself; keys set explicitly win. Every loss preset has a ``+craft`` twin that also sets
-``reactivation = "craft"``. One module per family registers its presets, each citing its source.
+``reactivation = "craft"``. Every margin loss has a preset made from its registered defaults and
+citation (:mod:`craft_plugin.presets.losses`); other presets register in their own module.
 """
 from __future__ import annotations
 
 from typing import Any, Dict
 
-from craft_plugin.presets import baselines, craft, elasticface, sphereface_r  # noqa: F401  (registration)
+from craft_plugin.presets import craft, losses  # noqa: F401  (registration)
 from craft_plugin.presets.registry import PRESETS, Preset
 
 
