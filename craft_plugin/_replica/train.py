@@ -1,7 +1,7 @@
 """The mini pipeline's ``main()``: upstream ``train_v2.py`` step by step, on CPU.
 
 The order of operations and every hook call are those of the patched upstream script (see
-``patches/arcface_torch_hooks.patch``): ``config``, ``margin_loss``, ``partial_fc_class``,
+``craft_plugin/patches/arcface_torch_hooks.patch``): ``config``, ``margin_loss``, ``partial_fc_class``,
 ``dataloader_factory`` and ``verification_class`` filters; ``on_train_start``, ``on_resume``,
 ``on_optimizer_step`` (real steps only), ``on_epoch_end``, ``on_save_checkpoint`` and
 ``on_train_end`` events. ``plugins=None`` means the installed plugins, as in a real run; ``[]``
