@@ -126,6 +126,18 @@ class MarginLoss(torch.nn.Module):
         only the targets change)."""
         return None
 
+    def elementwise_vjp(self, cos: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """The gradient reaching the cosines ``cos`` through ``elementwise()`` given ``grad``, that of
+        the mapped logits: ``grad`` itself for the straight-through map (the default). The chunked
+        Partial FC (:mod:`craft_plugin.partial_fc.lean`) calls it on chunks of the logits."""
+        return grad
+
+    def chunkable(self) -> bool:
+        """Whether the chunked Partial FC computes this loss: all of it is ``target_logit`` (called
+        once per forward), ``elementwise`` (+ ``elementwise_vjp``), ``scale_factor`` and
+        ``total_loss``. True when ``forward`` is this class's; a loss overriding ``forward`` opts in."""
+        return type(self).forward is MarginLoss.forward
+
     def scale_factor(self, norms: Optional[torch.Tensor]) -> Union[float, torch.Tensor]:
         """What the logits are multiplied by: ``s``, or a (B, 1) tensor such as the feature norms."""
         return self.s

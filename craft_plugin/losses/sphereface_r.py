@@ -90,6 +90,17 @@ class SphereFaceR(MarginLoss):
         m = self.current_m()
         return lambda logits: logits.clamp_(-1 + COS_EPS, 1 - COS_EPS).acos_().div_(m).cos_()
 
+    def chunkable(self) -> bool:
+        return True  # forward only adds the plain-autograd form of the same targets, map and scale
+
+    def elementwise_vjp(self, cos, grad):
+        if self.detach:
+            return grad
+        m = self.current_m()
+        with torch.enable_grad():
+            leaf = cos.detach().requires_grad_(True)
+            return torch.autograd.grad(self.shaped(leaf, lambda theta: torch.cos(theta / m)), leaf, grad)[0]
+
     def forward(self, logits, labels, norms=None):
         if not self.fused():
             m = self.current_m()

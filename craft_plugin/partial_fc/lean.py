@@ -1,0 +1,211 @@
+"""Lean Partial FC: the margin softmax cross-entropy over a class shard, in class chunks.
+
+``lean_partial_fc(base, chunk)`` subclasses the Partial FC class the ``partial_fc_class`` hook
+receives (upstream's ``PartialFC_V2`` or our replica): same constructor, parameters,
+``state_dict`` keys, ``sample()`` for ``sample_rate < 1`` and fp16 autocast. Its forward computes
+what upstream's materialised step computes (arXiv 2203.15565, ArcFace arXiv 1801.07698)
+
+    c_ij = clamp(<x_i/||x_i||, w_j/||w_j||>, -1, 1),   z_ij = n_i * a_ij,
+    a_ij = f(c_ij) for the target j = y_i,  g(c_ij) otherwise,
+    loss = -1/B sum_i log( exp(z_{i,y_i}) / sum_ranks sum_j exp(z_ij) )
+
+(f: the loss's ``target_logit``, g: its ``elementwise`` map or the identity, n: its
+``scale_factor``, s or the feature norm) without a (B_global, C_local) tensor, the blockwise
+log-sum-exp of Cut Cross-Entropy (Wijmans et al., arXiv 2411.09009) carried over to margins:
+
+- forward: per chunk of ``chunk`` classes one GEMM, then per row a running max and sum of
+  exponentials of the non-target logits, and the B target cosines; f is applied once to the B
+  targets (a stateful loss draws once per step), the targets are merged in, and max and sum are
+  all-reduced across ranks as upstream's ``DistCrossEntropy`` does;
+- backward: each chunk is recomputed (one GEMM) and ``dz = (softmax - onehot) * dL/B`` formed;
+  ``dn_i = sum_j dz_ij a_ij``; ``dc = n dz`` through g's gradient (``elementwise_vjp``) and, on the
+  targets, f'(t) from a small autograd graph over the B targets; two GEMMs give the embedding
+  gradient (accumulated) and the chunk's weight gradient, pushed through the chunk's weight
+  normalisation.
+
+Peak extra memory is a few (B, chunk) buffers plus the weight gradient itself.
+"""
+from __future__ import annotations
+
+import torch
+from torch import distributed
+from torch.nn.functional import linear, normalize
+
+from craft_plugin.distributed import all_reduce_, gather_shard_batch
+from craft_plugin.errors import ConfigError
+from craft_plugin.losses.base import MarginLoss, at_least_float32
+
+DEFAULT_CHUNK = 8192
+
+
+def autocast(device: str, enabled: bool):
+    """Partial FC's mixed precision: float16 on CUDA, bfloat16 on CPU, as the replica."""
+    return torch.autocast(device, enabled=enabled, dtype=torch.float16 if device == "cuda" else torch.bfloat16)
+
+
+NORM_EPS = 1e-12  # torch.nn.functional.normalize's
+
+
+class _Chunk:
+    """One chunk of classes ``[start, stop)``: its normalised centres ``wn`` (k, D), the raw cosines
+    ``raw`` (B, k) (recomputed identically in forward and backward) and where this rank's targets
+    (``cols``, one per positive row) fall in it."""
+
+    def __init__(self, xn, weight, norm, start, stop, cols, fp16):
+        self.start, self.stop = start, stop
+        self.wn = weight[start:stop] / norm[start:stop]  # F.normalize's division, row by row
+        with autocast(xn.device.type, fp16):
+            self.raw = at_least_float32(linear(xn, self.wn))
+        self.hit = (cols >= start) & (cols < stop)
+        self.local = (cols - start).clamp(0, stop - start - 1)
+
+    def put(self, tensor: torch.Tensor, rows: torch.Tensor, values: torch.Tensor) -> None:
+        """``tensor[row, target column] = value`` for the targets inside this chunk (no host sync:
+        the others write back what they read)."""
+        tensor[rows, self.local] = torch.where(self.hit, values, tensor[rows, self.local])
+
+
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(1, keepdim=True)`` as a batch of dot products, without the (n, m) product."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1, 1)
+
+
+class _ChunkedMarginCE(torch.autograd.Function):
+    """The distributed margin cross-entropy of normalised embeddings ``xn`` (B, D) against the
+    class shard ``weight`` (C, D); ``scale`` the loss's ``scale_factor``: a number, or a (B, 1)
+    tensor (a per-row scale with gradient)."""
+
+    @staticmethod
+    def forward(ctx, xn, weight, scale, labels, loss, chunk, fp16):
+        batch, classes = xn.size(0), weight.size(0)
+        flat = labels.view(-1)
+        # row indices of this rank's targets: one host sync per step, as upstream's DistCrossEntropy
+        rows = torch.nonzero(flat != -1).view(-1)
+        cols = flat[rows]
+        n = scale
+        each = loss.elementwise()
+        norm = weight.detach().norm(dim=1, keepdim=True).clamp_min(NORM_EPS)
+        dtype = at_least_float32(xn).dtype
+        row_max = torch.full((batch, 1), torch.finfo(dtype).min, dtype=dtype, device=xn.device)
+        row_sum = torch.zeros_like(row_max)
+        target = torch.zeros(rows.size(0), dtype=dtype, device=xn.device)
+        for start in range(0, classes, chunk):
+            part = _Chunk(xn, weight, norm, start, min(start + chunk, classes), cols, fp16)
+            z = part.raw.clamp_(-1, 1)
+            target = torch.where(part.hit, z[rows, part.local], target)
+            if each is not None:
+                each(z)
+            z.mul_(n)
+            part.put(z, rows, torch.full_like(target, -float("inf")))
+            new_max = torch.maximum(row_max, z.amax(dim=1, keepdim=True))
+            row_sum.mul_((row_max - new_max).exp_()).add_(z.sub_(new_max).exp_().sum(dim=1, keepdim=True))
+            row_max = new_max
+        with torch.enable_grad():  # f once per step (a stateful loss draws once), its graph over B values kept
+            ctx.t = target.requires_grad_(True)
+            ctx.ft = loss.target_logit(ctx.t, rows, batch)
+        ft = ctx.ft.detach().to(dtype)
+        z_target = ft * (n[rows, 0] if torch.is_tensor(n) else n)
+        merged = torch.maximum(row_max[rows, 0], z_target)
+        row_sum[rows, 0] = row_sum[rows, 0] * (row_max[rows, 0] - merged).exp() + (z_target - merged).exp()
+        row_max[rows, 0] = merged
+        global_max = all_reduce_(row_max.clone(), distributed.ReduceOp.MAX)
+        row_sum.mul_((row_max - global_max).exp_())
+        all_reduce_(row_sum)
+        p_target = (z_target - global_max[rows, 0]).exp() / row_sum[rows, 0]
+        prob = torch.zeros(batch, dtype=dtype, device=xn.device)
+        prob[rows] = p_target
+        all_reduce_(prob)
+        log_norm = global_max + row_sum.log()  # log sum_j exp z_ij over every rank's classes
+        ctx.save_for_backward(xn, weight, norm, n if torch.is_tensor(n) else None, rows, cols, log_norm, ft, p_target)
+        ctx.loss, ctx.chunk, ctx.fp16, ctx.scalar = loss, chunk, fp16, None if torch.is_tensor(n) else n
+        return -prob.clamp_min(1e-30).log().mean()
+
+    @staticmethod
+    def backward(ctx, grad_loss):
+        xn, weight, norm, scale, rows, cols, log_norm, ft, p_target = ctx.saved_tensors
+        loss, chunk = ctx.loss, ctx.chunk
+        batch, classes = xn.size(0), weight.size(0)
+        g = grad_loss / batch
+        n = scale if scale is not None else ctx.scalar
+        n_rows = n[rows, 0] if torch.is_tensor(n) else n
+        if ctx.ft.requires_grad:  # f'(t) (softmax - onehot) n on the B targets
+            dc_target = torch.autograd.grad(ctx.ft, ctx.t, ((p_target - 1) * g * n_rows).to(ctx.ft.dtype))[0]
+        else:
+            dc_target = torch.zeros_like(ctx.t)
+        dc_target = dc_target.to(log_norm.dtype)
+        each = loss.elementwise()
+        want_scale = scale is not None and ctx.needs_input_grad[2]
+        grad_scale = None
+        if want_scale:  # d/dn_i of the target's -z_iy: once, not per chunk
+            grad_scale = torch.zeros_like(scale).index_add_(0, rows, (-g * ft).view(-1, 1))
+        grad_xn = torch.zeros(xn.shape, dtype=log_norm.dtype, device=xn.device)
+        grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
+        for start in range(0, classes, chunk):
+            part = _Chunk(xn, weight, norm, start, min(start + chunk, classes), cols, ctx.fp16)
+            c = part.raw.clamp(-1, 1)
+            inside = part.raw.abs_().le_(1)  # clamp's gradient mask, in the raw buffer
+            a = each(c.clone()) if each is not None else c
+            part.put(a, rows, ft)
+            if want_scale:
+                p = torch.mul(a, n).sub_(log_norm).exp_()
+                grad_scale += _row_dot(p, a).mul_(g)
+                da = p.mul_(g * n)
+            else:
+                da = a.mul_(n).sub_(log_norm).exp_().mul_(g * n)  # softmax * dL/B * n, in place
+            dc = loss.elementwise_vjp(c, da) if each is not None else da
+            part.put(dc, rows, dc_target)
+            dc.mul_(inside)
+            del c, a, inside
+            _linear_backward(dc, xn, part, grad_xn, grad_weight, norm, ctx.fp16)
+        return grad_xn.to(xn.dtype), grad_weight, grad_scale, None, None, None, None
+
+
+def _linear_backward(dc, xn, part, grad_xn, grad_weight, norm, fp16) -> None:
+    """Accumulate ``dc @ wn`` into ``grad_xn``; write the chunk's weight gradient: ``dc^T @ xn``
+    through the row normalisation wn = w / ||w||, i.e. (g - wn <g, wn>) / ||w|| (just g / eps for a
+    row whose norm is clamped to eps)."""
+    if fp16:  # the GEMMs in the autocast dtype, as autocast runs the materialised linear's backward
+        with autocast(xn.device.type, True):
+            grad_xn += torch.mm(dc, part.wn)
+            grad_wn = torch.mm(dc.t(), xn)
+        if grad_weight is None:
+            return
+        out = grad_weight[part.start:part.stop]
+        out.copy_(grad_wn)
+    else:
+        grad_xn.addmm_(dc, part.wn)
+        if grad_weight is None:
+            return
+        out = grad_weight[part.start:part.stop]
+        torch.mm(dc.t(), xn, out=out)
+    wn, scale = part.wn, norm[part.start:part.stop]
+    projection = _row_dot(out, wn) * (scale > NORM_EPS)
+    out.addcmul_(wn, projection, value=-1).div_(scale)
+
+
+def lean_partial_fc(base: type, chunk: int = DEFAULT_CHUNK) -> type:
+    """A subclass of the Partial FC class ``base`` whose forward never holds the (B, C) logits."""
+
+    class LeanPartialFC(base):
+        chunk_size = chunk
+
+        def __init__(self, margin_loss, *args, **kwargs):
+            if not isinstance(margin_loss, MarginLoss) or not margin_loss.chunkable():
+                raise ConfigError("partial_fc", {"chunk": chunk},
+                                  "unset, or set together with a config.margin_loss the chunked path computes "
+                                  f"(its MarginLoss.chunkable()); the margin loss is {type(margin_loss).__name__}")
+            super().__init__(margin_loss, *args, **kwargs)
+
+        def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
+            embeddings, labels, weight = gather_shard_batch(self, local_embeddings, local_labels)
+            margin = self.margin_softmax
+            with autocast(embeddings.device.type, self.fp16):  # as the materialised step
+                xn = normalize(embeddings)
+            norms = at_least_float32(embeddings).norm(dim=1, keepdim=True) if margin.needs_norms else None
+            scale = margin.scale_factor(norms)
+            scale = scale.to(at_least_float32(xn).dtype) if torch.is_tensor(scale) else scale
+            loss = _ChunkedMarginCE.apply(xn, weight, scale, labels, margin, self.chunk_size, self.fp16)
+            return margin.total_loss(loss, norms, self.world_size)
+
+    LeanPartialFC.__name__ = LeanPartialFC.__qualname__ = f"Lean{base.__name__}"
+    return LeanPartialFC

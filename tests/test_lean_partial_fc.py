@@ -1,0 +1,148 @@
+"""Lean (chunked) Partial FC: loss and every gradient equal the materialised Partial FC step for
+every registered loss (and SphereFace-R's variants), on 1 and 2 gloo ranks, with sampling, -1
+rows and bf16 autocast; ranks agree bit for bit; a replica training run matches step for step."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from craft_plugin.distributed import rank_and_world_size
+from craft_plugin.errors import ConfigError
+from craft_plugin.losses import MARGIN_LOSSES, build_margin_loss
+from craft_plugin.losses.norm_aware_pfc import norm_aware_partial_fc
+from craft_plugin.partial_fc.lean import lean_partial_fc
+from craft_plugin._replica.launch import run_distributed
+from craft_plugin._replica.partial_fc import PartialFC_V2
+
+SPHEREFACE_VARIANTS = [{"name": "sphereface-r", "magnitude": magnitude, "norm": norm, "detach": detach}
+                       for magnitude in ("v1", "v2") for norm in ("hard", "none", "soft") for detach in (True, False)]
+CHUNKABLE = [name for name in MARGIN_LOSSES.names() if build_margin_loss(name).chunkable()]
+REFUSED = [name for name in MARGIN_LOSSES.names() if name not in CHUNKABLE]
+SPECS = [{"name": name} for name in CHUNKABLE] + SPHEREFACE_VARIANTS
+IDS = ["-".join(str(v) for v in spec.values()) for spec in SPECS]
+
+BATCH, DIM, CLASSES, CHUNK = 12, 16, 50, 7  # CHUNK does not divide the shard: a ragged last chunk
+
+
+def global_weight():
+    return torch.randn(CLASSES, DIM, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+
+def batch(dtype, world_size=1, rank=0):
+    """This rank's rows of the global batch; two -1 rows. Embeddings lean towards their class centre
+    (target cosines about 0.3-0.8) so that the targets compete and the margins shape the gradient."""
+    gen = torch.Generator().manual_seed(1)
+    y = torch.randint(0, CLASSES, (BATCH,), generator=gen)
+    lean = torch.rand(BATCH, 1, generator=gen, dtype=torch.float64) * 0.8 + 0.3
+    x = (lean * torch.nn.functional.normalize(global_weight()[y]) * DIM ** 0.5
+         + torch.randn(BATCH, DIM, generator=gen, dtype=torch.float64)) * 3
+    y[3] = y[8] = -1
+    per = BATCH // world_size
+    return x[rank * per:(rank + 1) * per].to(dtype), y[rank * per:(rank + 1) * per]
+
+
+def step(lean, spec, dtype, sample_rate=1.0, fp16=False, world_size=1, rank=0):
+    """One forward+backward: (loss, embedding gradient, weight gradient, the loss's state after)."""
+    torch.manual_seed(0)
+    cls = lean_partial_fc(PartialFC_V2, CHUNK) if lean else norm_aware_partial_fc(PartialFC_V2)
+    margin = build_margin_loss(spec)
+    pfc = cls(margin, DIM, CLASSES, sample_rate, fp16).to(dtype)
+    with torch.no_grad():  # this rank's shard of one global classifier
+        pfc.weight.copy_(global_weight()[pfc.class_start:pfc.class_start + pfc.num_local])
+    x, y = batch(dtype, world_size, rank)
+    x.requires_grad_(True)
+    torch.manual_seed(5 + rank)  # the negatives sampled for sample_rate < 1
+    loss = pfc(x, y.clone())
+    loss.backward()
+    return loss.detach(), x.grad, pfc.weight.grad, margin.extra_state()
+
+
+def relative(a, b):
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-300))
+
+
+def assert_same_step(lean, plain, tol):
+    for got, want, what in zip(lean[:3], plain[:3], ("loss", "embedding gradient", "weight gradient")):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert relative(got, want) <= tol, f"{what}: relative error {relative(got, want):.2e}"
+    for key, value in plain[3].items():  # a stateful loss drew exactly once, like the materialised step
+        assert torch.equal(torch.as_tensor(lean[3][key]), torch.as_tensor(value)), key
+
+
+@pytest.mark.parametrize("sample_rate", [1.0, 0.3])
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_equals_the_materialised_step_float64(spec, sample_rate):
+    assert_same_step(step(True, spec, torch.float64, sample_rate), step(False, spec, torch.float64, sample_rate), 1e-10)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_equals_the_materialised_step_float32(spec):
+    assert_same_step(step(True, spec, torch.float32), step(False, spec, torch.float32), 1e-5)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=IDS)
+def test_bf16_autocast_on_cpu(spec):
+    # the GEMMs run in bfloat16 as in the materialised step; the embedding gradient is summed over
+    # chunks in float32 instead of coming out of one bfloat16 GEMM: they differ by bfloat16 rounding
+    # (2^-8 = 3.9e-3 relative)
+    lean, plain = step(True, spec, torch.float32, fp16=True), step(False, spec, torch.float32, fp16=True)
+    assert relative(lean[0], plain[0]) <= 1e-6 and relative(lean[2], plain[2]) <= 1e-5
+    assert relative(lean[1], plain[1]) <= 1e-2
+
+
+def test_the_materialised_path_is_sensitive_to_the_margin():
+    """The comparisons above would catch a chunked path that dropped the margin."""
+    arc = step(False, {"name": "arcface"}, torch.float64)
+    plain = step(False, {"name": "arcface", "m": 0.0}, torch.float64)
+    assert relative(arc[0], plain[0]) > 1e-2 and relative(arc[1], plain[1]) > 1e-2
+
+
+def two_rank_steps(specs):
+    rank, world_size = rank_and_world_size()
+    out = []
+    for spec in specs:
+        for sample_rate in (1.0, 0.3):
+            out.append([step(lean, spec, torch.float64, sample_rate, world_size=world_size, rank=rank)
+                        for lean in (True, False)])
+    return out
+
+
+def test_two_ranks_equal_the_materialised_step_and_agree_bit_for_bit():
+    ranks = run_distributed(two_rank_steps, 2, SPECS)
+    for rank_steps in ranks:
+        for (lean, plain), spec in zip(rank_steps, [s for s in SPECS for _ in (1.0, 0.3)]):
+            assert_same_step(lean, plain, 1e-10), spec
+    for (lean0, _), (lean1, _) in zip(*ranks):
+        assert torch.equal(lean0[0], lean1[0])  # the same loss on every rank
+    # the ranks hold different halves of the batch and of the classes: their gradients are
+    # those of the one global loss
+    single = step(True, {"name": "arcface"}, torch.float64)
+    (arc0, _), (arc1, _) = ranks[0][0], ranks[1][0]
+    assert relative(arc0[0], single[0]) <= 1e-12
+    assert relative(torch.cat([arc0[1], arc1[1]]), 2 * single[1]) <= 1e-10  # x world size, as DDP averages
+    assert relative(torch.cat([arc0[2], arc1[2]]), single[2]) <= 1e-10
+
+
+def test_which_losses_are_chunked():
+    assert {"arcface", "cosface", "elasticface-arc", "elasticface-arc-plus", "elasticface-cos",
+            "elasticface-cos-plus", "sphereface-r"} <= set(CHUNKABLE)
+
+
+@pytest.mark.parametrize("name", REFUSED or ["(none)"])
+def test_a_loss_with_its_own_forward_is_refused_not_miscomputed(name):
+    if name == "(none)":
+        pytest.skip("every registered loss is chunkable")
+    with pytest.raises(ConfigError, match="partial_fc"):
+        lean_partial_fc(PartialFC_V2)(build_margin_loss(name), DIM, CLASSES, 1.0, False)
+
+
+def test_constructor_state_dict_and_sampling_are_the_base_classes():
+    torch.manual_seed(0)
+    lean = lean_partial_fc(PartialFC_V2, CHUNK)(build_margin_loss("arcface"), DIM, CLASSES, 0.3, False)
+    torch.manual_seed(0)
+    plain = PartialFC_V2(build_margin_loss("arcface"), DIM, CLASSES, 0.3, False)
+    assert isinstance(lean, PartialFC_V2) and type(lean).__name__ == "LeanPartialFC_V2"
+    assert lean.state_dict().keys() == plain.state_dict().keys()
+    assert torch.equal(lean.weight, plain.weight)
+    with pytest.raises(ConfigError, match="partial_fc"):
+        lean_partial_fc(PartialFC_V2)(lambda logits, labels: logits, DIM, CLASSES, 1.0, False)
