@@ -19,7 +19,7 @@ from craft_plugin.data.binfile import load_bin, read_bin_pairs
 from craft_plugin.data.dataloader import get_dataloader
 from craft_plugin.data.recordio import IRHeader, RecordFile, pack, write_records
 from craft_plugin.data.transforms import encode_jpeg
-from craft_plugin.data.verification import CallBackVerification, kfold_accuracy, kfold_val
+from craft_plugin.data.verification import CallBackVerification, kfold_accuracy
 from craft_plugin.data.writer import write_bin, write_rec
 from craft_plugin.errors import ConfigError
 from craft_plugin._replica.synthetic import synthetic_image
@@ -179,8 +179,6 @@ def test_lfw_sized_set_with_tied_far_values():
     assert kfold_accuracy(dist[subset], issame[subset]).mean() == pytest.approx(
         brute_force_accuracy(dist[subset].tolist(), issame[subset].tolist()), abs=1e-12)
     assert 0.8 < acc < 1.0
-    val, val_std, far = kfold_val(dist, issame)
-    assert np.isfinite([val, val_std, far]).all() and 0 <= far <= 0.01
 
 
 class TinyNet(torch.nn.Module):

@@ -11,23 +11,29 @@ which the loader normalises to [-1, 1] per batch on the device (``dataloader.Dev
 from __future__ import annotations
 
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from craft_plugin.data.recordio import RecordFile, unpack
+from craft_plugin.data.recordio import IRHeader, RecordFile, unpack
 from craft_plugin.data.transforms import CoinFlips, decode_bgr, decode_rgb, label_tensor, to_chw
 from craft_plugin.errors import RecordError
+
+
+def insightface_header(records: RecordFile) -> Optional[IRHeader]:
+    """The header record of an insightface ``.rec`` (key 0, ``flag > 0``, no image bytes), or None."""
+    first = int(records.keys[0])
+    header, body = unpack(records.read(first), f"{records.rec_path} record {first}")
+    return header if first == 0 and header.flag > 0 and not body else None
 
 
 def image_keys(records: RecordFile) -> np.ndarray:
     """The image keys of a record file, checked against its index."""
     if not len(records.keys):
         raise RecordError(records.idx_path, 0, "the index lists no records")
-    first = int(records.keys[0])
-    header, body = unpack(records.read(first), f"{records.rec_path} record {first}")
-    if header.flag > 0 and first == 0 and not body:
+    header = insightface_header(records)
+    if header is not None:
         end_images, end = int(header.label[0]), int(header.label[1])
         missing = np.setdiff1d(np.arange(1, end), records.keys)
         if len(missing):

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, Iterator, List, Union
 
-from craft_plugin.data.dataset import image_keys
+from craft_plugin.data.dataset import image_keys, insightface_header
 from craft_plugin.data.recordio import RecordFile, unpack
 from craft_plugin.data.transforms import decode_rgb
 from craft_plugin.errors import RecordError
@@ -18,15 +18,14 @@ def open_records(path: Union[str, Path]) -> RecordFile:
 
 def info(path: Union[str, Path]) -> Dict:
     records = open_records(path)
-    header, body = unpack(records.read(int(records.keys[0])), records.rec_path)
-    has_header = int(records.keys[0]) == 0 and header.flag > 0 and not body
     keys = image_keys(records)
+    header = insightface_header(records)
     first_image, first_body = unpack(records.read(int(keys[0])), records.rec_path)
     facts = {"rec": records.rec_path, "idx": records.idx_path, "records": len(records), "images": len(keys),
-             "layout": "insightface (header record 0)" if has_header else "no header (im2rec/shuffled)",
+             "layout": "insightface (header record 0)" if header is not None else "no header (im2rec/shuffled)",
              "label": "array (first value is the class)" if first_image.flag > 0 else "scalar",
              "file_bytes": records.size}
-    if has_header:
+    if header is not None:
         facts["identities"] = int(header.label[1]) - int(header.label[0])
     image = decode_rgb(first_body, f"{records.rec_path} record {int(keys[0])}")
     facts["image_size"] = list(image.shape[:2])

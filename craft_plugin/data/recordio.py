@@ -199,11 +199,6 @@ class RecordFile:
             first = False
         return b"".join(chunks), pos
 
-    def close(self) -> None:
-        if self._map is not None:
-            self._map.close()
-            self._map = None
-
 
 def write_records(rec_path: Union[str, Path], records: Iterable[Tuple[int, bytes]],
                   idx_path: Optional[Union[str, Path]] = None) -> None:

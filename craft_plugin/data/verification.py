@@ -4,8 +4,7 @@ For each pair set: embeddings of the images and of their horizontal flips are su
 (flip-sum), L2-normalised, and the squared distance of each pair is thresholded. Accuracy is
 10-fold: on 9 folds the threshold in ``arange(0, 4, 0.01)`` with the best accuracy is chosen
 (the first best), and it is scored on the held-out fold (folds as sklearn's unshuffled KFold).
-VAL@FAR=1e-3 follows upstream, except that the FAR -> threshold interpolation first keeps one
-threshold per distinct FAR (the smallest), where upstream's ``interp1d`` fails on ties.
+Upstream's callback logs only this accuracy, so VAL@FAR is not computed.
 Unlike upstream, a set smaller than one batch is embedded in one short batch, and a set with fewer
 pairs than folds uses one fold per pair (with a warning).
 """
@@ -48,35 +47,6 @@ def kfold_accuracy(dist: np.ndarray, issame: np.ndarray, folds: int = 10,
         train_acc = [accuracy_at(t, dist[train], issame[train]) for t in thresholds]
         accuracy[fold] = accuracy_at(thresholds[int(np.argmax(train_acc))], dist[test], issame[test])
     return accuracy
-
-
-def val_far(threshold: float, dist: np.ndarray, issame: np.ndarray) -> Tuple[float, float]:
-    accept = dist < threshold
-    same, diff = issame.sum(), (~issame).sum()
-    val = (accept & issame).sum() / same if same else 0.0
-    far = (accept & ~issame).sum() / diff if diff else 0.0
-    return float(val), float(far)
-
-
-def threshold_for_far(far_target: float, fars: np.ndarray, thresholds: np.ndarray) -> float:
-    """Threshold where the FAR curve reaches ``far_target`` (linear interpolation over distinct FARs)."""
-    if fars.max() < far_target:
-        return 0.0
-    distinct, first = np.unique(fars, return_index=True)
-    return float(np.interp(far_target, distinct, thresholds[first]))
-
-
-def kfold_val(dist: np.ndarray, issame: np.ndarray, far_target: float = 1e-3, folds: int = 10,
-              thresholds: np.ndarray = np.arange(0, 4, 0.001)) -> Tuple[float, float, float]:
-    """Mean VAL, its std and mean FAR at the threshold that gives ``far_target`` on the train folds."""
-    vals, fars = np.zeros(folds), np.zeros(folds)
-    everything = np.arange(dist.size)
-    for fold, test in enumerate(kfold_indices(dist.size, folds)):
-        train = np.setdiff1d(everything, test)
-        train_far = np.array([val_far(t, dist[train], issame[train])[1] for t in thresholds])
-        threshold = threshold_for_far(far_target, train_far, thresholds)
-        vals[fold], fars[fold] = val_far(threshold, dist[test], issame[test])
-    return float(vals.mean()), float(vals.std()), float(fars.mean())
 
 
 @torch.no_grad()
