@@ -15,6 +15,7 @@ COMMANDS = {
     "patch": "craft_plugin.commands.patch",
     "presets": "craft_plugin.commands.presets",
     "rec": "craft_plugin.commands.rec",
+    "reshard": "craft_plugin.commands.reshard",
 }
 
 
