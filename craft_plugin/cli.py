@@ -11,6 +11,7 @@ from typing import List, Optional
 # verb -> module; modules are imported on use so `craft-plugin --help` stays fast
 COMMANDS = {
     "demo": "craft_plugin.commands.demo",
+    "export": "craft_plugin.commands.export",
     "inspect": "craft_plugin.commands.inspect",
     "patch": "craft_plugin.commands.patch",
     "presets": "craft_plugin.commands.presets",
