@@ -173,11 +173,14 @@ class _Shards:
         return num_classes
 
 
-def merge_run(run_dir: Path, progress: Optional[Callable[[Iterable], Iterable]] = None) -> dict:
+def merge_run(run_dir: Path, progress: Optional[Callable[[Iterable], Iterable]] = None,
+              num_classes: Optional[int] = None) -> dict:
     """One checkpoint holding the run's whole classifier and its optimizer state in class order.
 
     Everything that is not class-sharded comes from rank 0 (BatchNorm running statistics
-    included). Raises :class:`CheckpointSetError` for an inconsistent set.
+    included). Raises :class:`CheckpointSetError` for an inconsistent set. The files do not
+    record the class count: without ``num_classes`` a set missing its last rank(s) can still
+    form a valid split of fewer classes, so give it (``config.num_classes``) to catch that.
     """
     paths = find_checkpoints(Path(run_dir))
     first = load_checkpoint(paths[0])
@@ -185,7 +188,10 @@ def merge_run(run_dir: Path, progress: Optional[Callable[[Iterable], Iterable]] 
     for rank, path in enumerate(progress(paths) if progress else paths):
         # ranks > 0 are memory-mapped: only their classifier shard is read
         shards.add(rank, first if rank == 0 else load_checkpoint(path, mmap=True), path)
-    num_classes = shards.check_split(paths)
+    total = shards.check_split(paths)
+    if num_classes is not None and total != num_classes:
+        raise CheckpointSetError(f"{run_dir}: the {len(paths)} shards hold {total} classes, not num_classes = "
+                                 f"{num_classes}: a rank is missing or the files come from another run")
     merged = dict(first)
     merged["state_dict_softmax_fc"] = dict(first["state_dict_softmax_fc"])
     merged["state_dict_softmax_fc"][FC_WEIGHT] = torch.cat(shards.weights)
@@ -196,7 +202,7 @@ def merge_run(run_dir: Path, progress: Optional[Callable[[Iterable], Iterable]] 
         fc_state.update({key: torch.cat(parts) for key, parts in shards.opt_tensors.items()})
         optimizer["state"][shards.fc_id] = fc_state
     merged["state_optimizer"] = optimizer
-    merged["num_classes"] = num_classes
+    merged["num_classes"] = total
     merged["source_world_size"] = len(paths)
     return merged
 

@@ -275,6 +275,17 @@ def test_inconsistent_sets_are_refused_and_nothing_is_written(two_rank_runs, tmp
         assert not out.exists()
 
 
+def test_a_missing_last_rank_needs_num_classes(two_rank_runs, tmp_path, capsys):
+    # rank 0 alone (18 classes) is a valid 1-rank split: only the class count gives it away
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(two_rank_runs[0] / "cut" / "checkpoint_gpu_0.pt", run_dir)
+    code, _, stderr = reshard(run_dir, tmp_path / "out", "--world-size", 2, "--num-classes", NUM_CLASSES, capsys=capsys)
+    assert code == 2 and "hold 18 classes, not num_classes = 35" in stderr and not (tmp_path / "out").exists()
+    assert reshard(two_rank_runs[0] / "cut", tmp_path / "whole", "--world-size", 2, "--num-classes", NUM_CLASSES,
+                   capsys=capsys)[0] == 0
+
+
 def test_output_folder_with_checkpoints_is_refused(two_rank_runs, capsys):
     cut = two_rank_runs[0] / "cut"
     before = {p.name: p.stat().st_mtime_ns for p in cut.iterdir()}

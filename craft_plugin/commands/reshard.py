@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     mode = p.add_mutually_exclusive_group(required=True)
     mode.add_argument("--world-size", type=int, help="number of ranks to write checkpoints for")
     mode.add_argument("--merge", action="store_true", help="write one file with the whole classifier")
+    p.add_argument("--num-classes", type=int, help="the run's config.num_classes: checks that no last rank is missing")
     p.add_argument("--json", action="store_true", help="print only a JSON summary on stdout")
     p.set_defaults(run=run)
 
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         paths = out_paths(args)
-        merged = merge_run(Path(args.run_dir), progress=lambda it: tqdm(it, desc="read", unit="rank", file=sys.stderr))
+        merged = merge_run(Path(args.run_dir), progress=lambda it: tqdm(it, desc="read", unit="rank", file=sys.stderr),
+                           num_classes=args.num_classes)
     except CheckpointSetError as exc:
         print(f"craft-plugin reshard: {exc}; nothing written", file=sys.stderr)
         return 2
