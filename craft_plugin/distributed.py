@@ -1,9 +1,9 @@
 """Collective operations for the Partial FC classifier, on any backend (gloo on CPU, NCCL on GPU).
 
 The conventions are those of arcface_torch's Partial FC: each rank holds a shard of the class
-centres, embeddings are all-gathered so that every rank scores the global batch against its shard,
-and the softmax cross-entropy is computed across shards. With ``torch.distributed`` not
-initialised everything degenerates to the single-process operation.
+centres and embeddings are all-gathered so that every rank scores the global batch against its
+shard (the cross-entropy across shards is the Partial FC class's own ``dist_cross_entropy``).
+With ``torch.distributed`` not initialised everything degenerates to the single-process operation.
 """
 from __future__ import annotations
 
@@ -66,45 +66,6 @@ def all_reduce_(tensor: torch.Tensor, op: "distributed.ReduceOp" = distributed.R
     if rank_and_world_size()[1] > 1:
         distributed.all_reduce(tensor, op)
     return tensor
-
-
-class _DistCrossEntropy(torch.autograd.Function):
-    """Softmax cross-entropy with the class dimension sharded over ranks.
-
-    loss = -mean_i log( exp(z_{i,y_i}) / sum_rank sum_j exp(z_{i,j}) ), where row i's target lives
-    on exactly one rank (label -1 elsewhere). Gradient: (softmax - onehot) / B.
-    """
-
-    @staticmethod
-    def forward(ctx, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        batch = logits.size(0)
-        labels = labels.view(-1)
-        row_max = logits.detach().max(dim=1, keepdim=True)[0]
-        all_reduce_(row_max, distributed.ReduceOp.MAX)
-        prob = (logits.detach() - row_max).exp_()
-        denom = prob.sum(dim=1, keepdim=True)
-        all_reduce_(denom)
-        prob.div_(denom)
-        positive = torch.nonzero(labels != -1).view(-1)
-        target_prob = torch.zeros(batch, dtype=prob.dtype, device=prob.device)
-        target_prob[positive] = prob[positive, labels[positive]]
-        all_reduce_(target_prob)
-        ctx.save_for_backward(prob, positive, labels)
-        return -target_prob.clamp_min(1e-30).log().mean()
-
-    @staticmethod
-    def backward(ctx, grad_loss: torch.Tensor):
-        prob, positive, labels = ctx.saved_tensors
-        grad = prob.clone()
-        grad[positive, labels[positive]] -= 1.0
-        return grad * (grad_loss / prob.size(0)), None
-
-
-class DistCrossEntropy(torch.nn.Module):
-    """Module form of the sharded softmax cross-entropy; labels (B,) or (B, 1), -1 = other rank."""
-
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return _DistCrossEntropy.apply(logits, labels)
 
 
 def gather_shard_batch(pfc: torch.nn.Module, local_embeddings: torch.Tensor, local_labels: torch.Tensor):

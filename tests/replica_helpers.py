@@ -1,11 +1,17 @@
-"""Small helpers shared by the tests that train the mini pipeline."""
+"""Small helpers shared by the tests that train the replica or compare with it."""
 from __future__ import annotations
 
-from typing import Any, Dict, List
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+from typing import Any, Dict, Iterable, List
 
 import torch
 
 from craft_plugin._replica.train import TrainResult
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def state_of(result: TrainResult) -> Dict[str, torch.Tensor]:
@@ -37,3 +43,20 @@ class Recorder:
             return args[0] if args else None
 
         return hook
+
+
+def run_python(python: Path, script: str, *args: str) -> str:
+    """stdout of ``script`` run by ``python`` (e.g. the legacy venv's, with the real mxnet) on this
+    checkout's code; fails with its stderr."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]))
+    out = subprocess.run([str(python), "-c", script, *args], capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def hash_of(tensors: Iterable[torch.Tensor]) -> str:
+    """SHA-256 of the tensors' bytes, in order."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        digest.update(tensor.detach().contiguous().numpy().tobytes())
+    return digest.hexdigest()

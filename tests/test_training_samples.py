@@ -4,18 +4,19 @@ normalisation, each proven equal to the plain definitions (``unpack(read(k))``, 
 ``Normalize(0.5, 0.5)``)."""
 from __future__ import annotations
 
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Dataset
 
-from craft_plugin.data.dataloader import DeviceLoader
-from craft_plugin.data.dataset import RecFaceDataset, read_sample
 from craft_plugin.data.recordio import MAGIC_BYTES, IRHeader, RecordFile, pack, unpack, write_records
 from craft_plugin.data.transforms import CoinFlips, label_tensor, to_training_tensor
 from craft_plugin.data.writer import write_rec
 from craft_plugin.errors import RecordError
 from craft_plugin._replica.synthetic import synthetic_image
+from replica_helpers import run_python
 
 
 def reference_tensor(rgb: np.ndarray, flip: bool) -> torch.Tensor:
@@ -112,41 +113,33 @@ def test_read_unpacked_checks_what_the_fast_path_skips(tmp_path):
         RecordFile(tmp_path / "x.rec").read_unpacked(0)
 
 
-class UpstreamLikeDataset(Dataset):
-    """arcface_torch's MXFaceDataset written plainly: decode to RGB, one ``torch.rand(1)`` per
-    image for the flip, ToTensor + Normalize."""
+DATALOADER_EPOCH = textwrap.dedent("""
+    import sys, torch
+    from torch.utils.data import DataLoader
+    from replica_helpers import hash_of
+    side, root = sys.argv[1:]
+    if side == "upstream":
+        from craft_plugin._replica.data import MXFaceDataset
+        dataset, loader_class = MXFaceDataset(root, 0), DataLoader
+    else:
+        from craft_plugin.data.dataloader import DeviceLoader
+        from craft_plugin.data.dataset import RecFaceDataset
+        dataset = RecFaceDataset(root, 0)
+        assert dataset[0][0].dtype == torch.uint8  # normalised per batch by the loader
+        loader_class = lambda **kwargs: DeviceLoader(None, **kwargs)
+    dataset[0]  # coins drawn in the parent must not reach the workers
+    loader = loader_class(dataset=dataset, batch_size=8, shuffle=True, num_workers=2,
+                          generator=torch.Generator().manual_seed(5))
+    batches = list(loader)
+    assert len(batches) == 5 and all(images.dtype == torch.float32 for images, _ in batches)
+    print(hash_of(tensor for batch in batches for tensor in batch))
+""")
 
-    def __init__(self, root: str):
-        self.records = RecordFile(f"{root}/train.rec")
-        self.keys = RecFaceDataset(root).imgidx
 
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def __getitem__(self, index):
-        rgb, label = read_sample(self.records, int(self.keys[index]))
-        return reference_tensor(rgb, torch.rand(1).item() < 0.5), torch.tensor(label, dtype=torch.long)
-
-
-def test_dataset_batches_equal_upstreams_in_dataloader_workers(tmp_path):
-    """Our uint8 items through 2 workers, normalised per batch by the loader, against upstream's
-    float items through a plain DataLoader."""
-    write_rec(tmp_path, [(synthetic_image(4, k, 0, 20), k) for k in range(40)])  # image key = label + 1
-    ours = RecFaceDataset(str(tmp_path))
-    ours[0]  # coins drawn in the parent must not reach the workers
-    assert ours[0][0].dtype == torch.uint8
-
-    def batches(loader_class, dataset):
-        loader = loader_class(dataset=dataset, batch_size=8, shuffle=True, num_workers=2,
-                              generator=torch.Generator().manual_seed(5))
-        return list(loader)
-
-    got = batches(lambda **kwargs: DeviceLoader(None, **kwargs), ours)
-    expected = batches(DataLoader, UpstreamLikeDataset(str(tmp_path)))
-    assert len(got) == len(expected) == 5
-    for (images, labels), (ref_images, ref_labels) in zip(got, expected):
-        assert images.dtype == ref_images.dtype == torch.float32
-        assert torch.equal(labels, ref_labels) and torch.equal(images, ref_images)
-    flips = [not torch.equal(img, reference_tensor(read_sample(ours.records, label + 1)[0], False))
-             for images, labels in got for img, label in zip(images, labels.tolist())]
-    assert 0 < sum(flips) < len(flips)
+def test_dataset_batches_equal_upstreams_in_dataloader_workers(tmp_path, legacy_python):
+    """A DataLoader epoch (2 workers, shuffled) of our uint8 items, normalised per batch by our
+    loader, is byte for byte that of the replica's MXFaceDataset reading through the real mxnet
+    (float items, a plain DataLoader): images, flips and labels."""
+    write_rec(tmp_path, [(synthetic_image(4, k, 0, 20), k) for k in range(40)])
+    upstream = run_python(legacy_python, DATALOADER_EPOCH, "upstream", str(tmp_path))
+    assert run_python(sys.executable, DATALOADER_EPOCH, "craft", str(tmp_path)) == upstream

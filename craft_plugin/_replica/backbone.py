@@ -1,4 +1,4 @@
-"""A tiny iresnet-style backbone for CPU tests and the demo.
+"""Stand-in for arcface_torch's ``backbones``: a tiny iresnet-style network for CPU tests and the demo.
 
 Its stem is iresnet's: ``conv1`` Conv2d(3, 64, 3x3, stride 1, padding 1, no bias) -> ``bn1``
 BatchNorm2d(64, eps 1e-5) -> ``prelu`` PReLU(64); then cheap strided residual stages and
@@ -65,5 +65,5 @@ class MiniIResNet(nn.Module):
 def get_model(name: str, **kwargs) -> nn.Module:
     """Like upstream ``backbones.get_model``; only ``"mini"`` exists here."""
     if name != "mini":
-        raise ConfigError("network", name, '"mini" (the mini pipeline\'s only backbone)')
+        raise ConfigError("network", name, '"mini" (the replica\'s only backbone)')
     return MiniIResNet(**kwargs)

@@ -1,4 +1,4 @@
-"""The mini pipeline's ``main()``: upstream ``train_v2.py`` step by step, on CPU.
+"""Stand-in for arcface_torch's ``train_v2.py`` ``main()``, step by step, on CPU.
 
 The order of operations and every hook call are those of the patched upstream script (see
 ``craft_plugin/patches/arcface_torch_hooks.patch``): ``config``, ``margin_loss``, ``partial_fc_class``,
@@ -10,7 +10,8 @@ is the unhooked upstream loop.
 Differences from upstream, all device plumbing: no CUDA; DDP (``broadcast_buffers=False``) only
 when a process group with more than one rank exists; AMP runs through ``torch.autocast`` on the
 tensors' device with ``torch.amp.GradScaler``; the mini-only ``cfg.stop_after_epoch`` ends the run
-after that epoch's checkpoint, as a job killed there would (no ``on_train_end``).
+after that epoch's checkpoint, as a job killed there would (no ``on_train_end``); no wandb, no
+per-step logging callback.
 """
 from __future__ import annotations
 
@@ -19,19 +20,17 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
-import numpy as np
-import random
 import torch
 from torch.utils.data import DataLoader
 
-from craft_plugin.data.verification import CallBackVerification
-from craft_plugin.distributed import rank_and_world_size
 from craft_plugin.errors import ConfigError
 from craft_plugin._replica.backbone import get_model
 from craft_plugin._replica.data import get_dataloader
+from craft_plugin._replica.distributed_sampler import get_dist_info, setup_seed
 from craft_plugin._replica.losses import CombinedMarginLoss
 from craft_plugin._replica.lr_scheduler import PolynomialLRWarmup
 from craft_plugin._replica.partial_fc import PartialFC_V2
+from craft_plugin._replica.verification import CallBackVerification
 from craft_plugin.plugin_hooks import HOOK_API, plugin_filter, plugin_hook
 
 
@@ -44,12 +43,6 @@ class TrainResult:
     lr_scheduler: Any
     global_step: int
     losses: List[float] = field(default_factory=list)
-
-
-def setup_seed(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
 
 
 def summary_writer_for(cfg: Any, rank: int):
@@ -79,7 +72,7 @@ def build_optimizer(cfg: Any, backbone: torch.nn.Module, partial_fc: torch.nn.Mo
 def train(cfg: Any, plugins: Optional[list] = None) -> TrainResult:
     cfg = plugin_filter("config", cfg, plugins=plugins, api=HOOK_API)
     setup_seed(cfg.seed)
-    rank, world_size = rank_and_world_size()
+    rank, world_size = get_dist_info()
     local_rank = rank
     os.makedirs(cfg.output, exist_ok=True)
     summary_writer = summary_writer_for(cfg, rank)
