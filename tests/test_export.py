@@ -118,7 +118,7 @@ def checkout(tmp_path, monkeypatch):
 def test_checkpoint_and_run_config_give_the_same_export(trained, checkout, tmp_path, capsys):
     root, net = trained
     code, out, _ = export(root / "checkpoint_gpu_0.pt", tmp_path / "ckpt.onnx", "--arcface-torch", checkout,
-                          "--config", "configs/mini_job.py", capsys=capsys)
+                          "--config", "configs/mini_job", capsys=capsys)
     assert code == 0
     summary = json.loads(out)
     assert summary["network"] == "mini" and summary["embedding_size"] == EMBEDDING_SIZE

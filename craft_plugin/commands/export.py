@@ -85,7 +85,9 @@ def network_factory(args: argparse.Namespace) -> Tuple[Callable, str, int, str]:
                               f"expected insightface/recognition/arcface_torch")
         network = args.network
         if args.config:
-            rel = Path(args.config).resolve().relative_to(root) if Path(args.config).is_absolute() else Path(args.config)
+            rel = Path(os.path.relpath(Path(args.config).resolve(), root)) if Path(args.config).is_absolute() \
+                else Path(args.config)
+            rel = rel if rel.suffix == ".py" else rel.with_name(rel.name + ".py")  # train_v2.py takes both
             if rel.parts[:1] != ("configs",) or not (root / rel).is_file():
                 raise ExportError(f"--config {args.config}: expected a file configs/JOB.py inside {root}")
             with contextlib.redirect_stdout(sys.stderr):
