@@ -130,3 +130,40 @@ def test_without_mxnet_and_hooks_the_replica_fails_as_upstream(tmp_path):
     with pytest.raises(ModuleNotFoundError, match="mxnet"):
         train(cfg, plugins=[])
     assert train(cfg, plugins=[craft_plugin.plugin]).global_step == 8
+
+
+VERIFY_BIN = textwrap.dedent("""
+    import json, sys, torch
+    torch.set_num_threads(1)
+    import craft_plugin.plugin
+    from easydict import EasyDict
+    from craft_plugin._replica.backbone import MiniIResNet
+    from craft_plugin._replica.verification import CallBackVerification
+    from craft_plugin.plugin_hooks import plugin_filter
+    side, root = sys.argv[1:]
+    callback_class = CallBackVerification
+    if side == "plugin":
+        cfg = craft_plugin.plugin.config(EasyDict(rec_reader="craft"))
+        callback_class = plugin_filter("verification_class", CallBackVerification, plugins=[craft_plugin.plugin], cfg=cfg)
+    callback = callback_class(val_targets=["val"], rec_prefix=root, image_size=(32, 32))
+    torch.manual_seed(0)
+    backbone = MiniIResNet(num_features=16)
+    callback(1, backbone)
+    print(json.dumps({"class": callback_class.__module__, "acc": callback.highest_acc_list}))
+""")
+
+
+def test_plugin_verification_equals_the_replica_reading_through_mxnet(tmp_path, legacy_python):
+    """The ``verification_class`` the rec_reader feature substitutes scores a ``.bin`` as the
+    replica's callback does with the real mxnet decoding it."""
+    from craft_plugin.data.writer import write_bin
+
+    pairs = [(synthetic_image(5, i % 7, i, 32), synthetic_image(5, (i % 7) + (i % 2), 100 + i, 32), i % 2 == 0)
+             for i in range(40)]
+    write_bin(tmp_path / "val.bin", pairs)
+    upstream = json.loads(run_python(legacy_python, VERIFY_BIN, "upstream", str(tmp_path)).splitlines()[-1])
+    plugin = json.loads(run_python(sys.executable, VERIFY_BIN, "plugin", str(tmp_path)).splitlines()[-1])
+    assert upstream["class"] == "craft_plugin._replica.verification"
+    assert plugin["class"] != upstream["class"]
+    assert 0.5 < upstream["acc"][0] < 1.0
+    assert plugin["acc"] == pytest.approx(upstream["acc"], abs=1e-12)

@@ -11,13 +11,16 @@ the plugin against it compare two implementations. What it keeps of upstream, on
 - ``DistCrossEntropyFunc`` works IN PLACE on the margin loss's output, as upstream's does:
   z <- exp(z - max_global), z <- z / sum_global, loss = -mean_i log max(z_{i,y_i}, 1e-30); the
   probabilities (that same tensor) are saved for backward, which turns them into
-  (softmax - onehot) / B in place. A margin loss whose autograd graph saved its own output
-  therefore fails with "modified by an inplace operation" here exactly as under upstream.
+  (softmax - onehot) / B in place (so the graph can be run backward once). A margin loss whose
+  autograd graph saved its own output therefore fails with "modified by an inplace operation"
+  here exactly as under upstream.
 - The all-gather's backward sums every rank's gradient for this rank's rows and multiplies it by
   the world size (every rank's loss is the global-batch mean; DDP averages over ranks).
 
-Differences, all device plumbing: the tensors' device instead of ``.cuda()``; ``torch.autocast``
-on that device for ``fp16``; no process group means one rank (upstream asserts one exists).
+Differences: the tensors' device instead of ``.cuda()``; ``torch.autocast``
+on that device for ``fp16``; no process group means one rank (upstream asserts one exists); the
+target probabilities are kept in the logits' dtype (upstream: float32, the same for float32 logits;
+float64 tests keep their precision).
 """
 from __future__ import annotations
 

@@ -27,10 +27,13 @@ THRESHOLDS = np.arange(0, 4, 0.01)
 
 
 class PlainDataUnpickler(pickle.Unpickler):
-    """Builtin containers, bytes and bools only: a pair set needs no class, so none is imported."""
+    """Builtin containers, bytes and bools only; the one global allowed is ``_codecs.encode``,
+    which pickle protocol 2 uses to rebuild ``bytes``."""
 
     def find_class(self, module: str, name: str):
-        raise pickle.UnpicklingError(f"a .bin pair set may not reference {module}.{name}")
+        if (module, name) != ("_codecs", "encode"):
+            raise pickle.UnpicklingError(f"a .bin pair set may not reference {module}.{name}")
+        return super().find_class(module, name)
 
 
 def load_bin(path: str, image_size: Tuple[int, int]) -> Tuple[List[torch.Tensor], List[bool]]:
