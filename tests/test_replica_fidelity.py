@@ -20,6 +20,8 @@ from craft_plugin.losses import MARGIN_LOSSES, build_margin_loss
 from craft_plugin.losses.norm_aware_pfc import norm_aware_partial_fc
 from craft_plugin._replica.config import get_config
 from craft_plugin._replica.data import training_transform
+from craft_plugin._replica.distributed_sampler import DistributedSampler, get_dist_info
+from craft_plugin._replica.launch import run_distributed
 from craft_plugin._replica.partial_fc import DistCrossEntropy, PartialFC_V2
 from craft_plugin._replica.synthetic import synthetic_image
 from craft_plugin._replica.train import train
@@ -167,3 +169,19 @@ def test_plugin_verification_equals_the_replica_reading_through_mxnet(tmp_path, 
     assert plugin["class"] != upstream["class"]
     assert 0.5 < upstream["acc"][0] < 1.0
     assert plugin["acc"] == pytest.approx(upstream["acc"], abs=1e-12)
+
+
+def sampled_indices(n: int, seeds: list, epoch: int) -> list:
+    rank, world_size = get_dist_info()
+    sampler = DistributedSampler(list(range(n)), num_replicas=world_size, rank=rank, seed=seeds[rank])
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_sampler_shards_one_permutation_seeded_by_rank_0():
+    """Each rank gets every world_size-th index of randperm(n) seeded (rank 0's seed) + epoch,
+    padded by repeating its head; rank 1's own seed is overridden by rank 0's."""
+    ranks = run_distributed(sampled_indices, 2, 11, [7, 99], 3)
+    perm = torch.randperm(11, generator=torch.Generator().manual_seed(7 + 3)).tolist()
+    padded = perm + perm[:1]
+    assert ranks == [padded[0::2], padded[1::2]]
