@@ -8,17 +8,18 @@ installed), mxnet's ``mx.image.imdecode``, and our Dataset's ``__getitem__`` (re
 + uint8 CHW layout) inside a DataLoader worker, as training runs it, and in the main process
 (``num_workers=0``, where coins are drawn one by one), then its steps timed one by one in the worker.
 
-Whole epochs through a loader (2 workers, batch 128, shuffled, best of ``--epochs``, worker start-up
-included): the uint8 path (items uint8, each batch normalised in the main process, the device
-here), the float path (the same items normalised one by one in the workers, float32 through
-shared memory, as before uint8), and upstream's ``MXFaceDataset`` + ``DataLoaderX`` on the mxnet
-stack, imported from an arcface_torch checkout given with ``--upstream`` and run by
+Whole epochs through a loader (2 workers, batch 128, shuffled, worker start-up included): the
+uint8 path (items uint8, each batch normalised in the main process, the device here), the float
+path (the same items normalised one by one in the workers, float32 through shared memory, as
+before uint8), and upstream's ``MXFaceDataset`` + ``DataLoaderX`` on the mxnet stack, imported from an arcface_torch checkout given with ``--upstream`` and run by
 ``--upstream-python`` (mxnet 1.9.1, numpy < 1.24, torchvision; CUDA calls become no-ops on a
 machine without a GPU); without ``--upstream`` that row is skipped. Bytes per image: what a worker
 hands over through shared memory (the collated batch's tensors). Memory: the reader's index (bytes
-per record) plus one image, no whole-file reads (the file is memory-mapped).
+per record) plus one image, no whole-file reads (the file is memory-mapped). The decode,
+``__getitem__`` and epoch figures are the best of ``--repeats`` rounds, each round measuring all
+of them in turn, so that other load on the machine falls on every row alike.
 
-usage: python bench/bench_reader.py [--records N] [--epochs E] [--legacy-python PATH]
+usage: python bench/bench_reader.py [--records N] [--repeats R] [--legacy-python PATH]
                                     [--upstream ARCFACE_TORCH_DIR] [--upstream-python PATH]
 """
 from __future__ import annotations
@@ -62,7 +63,7 @@ for p in sample:
 print(raw, len(sample) / (time.perf_counter() - start))
 """
 
-# argv: arcface_torch checkout, record folder, epochs, batch size, workers. Without a GPU the CUDA
+# One epoch; argv: arcface_torch checkout, record folder, batch size, workers. Without a GPU the CUDA
 # calls DataLoaderX makes (stream, set_device, copy to an int device) become no-ops on the CPU.
 UPSTREAM_EPOCHS = """
 import contextlib, sys, time, types, warnings
@@ -78,16 +79,14 @@ if not torch.cuda.is_available():
     warnings.filterwarnings("ignore", message=".*pin_memory.*")
 from dataset import DataLoaderX, MXFaceDataset
 torch.set_num_threads(1)
-root, epochs, batch, workers = sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-dataset, best = MXFaceDataset(root, 0), 0.0
-for _ in range(epochs):
-    start, count = time.perf_counter(), 0
-    loader = DataLoaderX(local_rank=0, dataset=dataset, batch_size=batch, shuffle=True, num_workers=workers,
-                         pin_memory=True, drop_last=True)
-    for images, labels in loader:
-        count += len(images)
-    best = max(best, count / (time.perf_counter() - start))
-print(best)
+root, batch, workers = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+dataset = MXFaceDataset(root, 0)
+start, count = time.perf_counter(), 0
+loader = DataLoaderX(local_rank=0, dataset=dataset, batch_size=batch, shuffle=True, num_workers=workers,
+                     pin_memory=True, drop_last=True)
+for images, labels in loader:
+    count += len(images)
+print(count / (time.perf_counter() - start))
 """
 
 
@@ -158,17 +157,21 @@ class NormalisedInWorker(Dataset):
         return normalise(image), label
 
 
-def epoch_rate(dataset: Dataset, epochs: int) -> float:
-    """Images per second over whole epochs (best of ``epochs``), from creating the iterator
-    (workers start) to the last normalised batch in the main process."""
-    best = 0.0
-    for _ in range(epochs):
-        start, count = time.perf_counter(), 0
-        for images, _ in DeviceLoader(None, dataset=dataset, batch_size=BATCH, shuffle=True, num_workers=WORKERS,
-                                      drop_last=True):
-            count += len(images)
-        best = max(best, rate(count, time.perf_counter() - start))
-    return best
+def cv2_decode_rate(payloads: List[bytes]) -> float:
+    start = time.perf_counter()
+    for p in payloads:
+        cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR)
+    return rate(len(payloads), time.perf_counter() - start)
+
+
+def epoch_rate(dataset: Dataset) -> float:
+    """Images per second over one whole epoch, from creating the iterator (workers start) to the
+    last normalised batch in the main process."""
+    start, count = time.perf_counter(), 0
+    for images, _ in DeviceLoader(None, dataset=dataset, batch_size=BATCH, shuffle=True, num_workers=WORKERS,
+                                  drop_last=True):
+        count += len(images)
+    return rate(count, time.perf_counter() - start)
 
 
 def shared_bytes_per_image(dataset: Dataset) -> float:
@@ -206,7 +209,7 @@ def fmt(value: Optional[float], unit: str, missing: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=20000)
-    parser.add_argument("--epochs", type=int, default=2, help="whole epochs per loader row (the best is kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the decode/__getitem__/epoch rows (best kept)")
     default_legacy = str(Path(__file__).resolve().parents[1] / ".venv-legacy/bin/python")
     parser.add_argument("--legacy-python", default=default_legacy)
     parser.add_argument("--upstream", help="an arcface_torch checkout (its dataset.py is imported, never copied)")
@@ -228,24 +231,25 @@ def main() -> None:
             records.read_unpacked(k)
         ours_raw = rate(len(keys), time.perf_counter() - start)
         sample = [records.read_unpacked(k)[1] for k in keys[:2000]]
-        start = time.perf_counter()
-        for p in sample:
-            cv2.imdecode(np.frombuffer(p, np.uint8), cv2.IMREAD_COLOR)
-        cv2_rate = rate(len(sample), time.perf_counter() - start)
         simplejpeg_rate, simplejpeg_same = optional_decoder(sample)
         positions = [int(np.searchsorted(dataset.imgidx, k)) for k in keys[:2000]]
         getitem_main = getitem_rate(dataset, positions)
-        getitem, stages = in_worker(partial(worker_figures, dataset, positions))
+        cv2_rate = getitem = uint8_epoch = float_epoch = 0.0
+        upstream_epoch = None
+        for _ in range(args.repeats):
+            cv2_rate = max(cv2_rate, cv2_decode_rate(sample))
+            worker_rate, stages = in_worker(partial(worker_figures, dataset, positions))
+            getitem = max(getitem, worker_rate)
+            uint8_epoch = max(uint8_epoch, epoch_rate(dataset))
+            float_epoch = max(float_epoch, epoch_rate(NormalisedInWorker(dataset)))
+            if args.upstream:
+                upstream, = run_python(args.upstream_python, UPSTREAM_EPOCHS, args.upstream, tmp, str(BATCH), str(WORKERS))
+                upstream_epoch = max(upstream_epoch or 0.0, upstream)
         index_bytes = records.keys.nbytes + records.offsets.nbytes
-        uint8_epoch = epoch_rate(dataset, args.epochs)
-        float_epoch = epoch_rate(NormalisedInWorker(dataset), args.epochs)
         uint8_bytes, float_bytes = shared_bytes_per_image(dataset), shared_bytes_per_image(NormalisedInWorker(dataset))
-        mx_raw = mx_decode = upstream_epoch = None
+        mx_raw = mx_decode = None
         if Path(args.legacy_python).exists():
             mx_raw, mx_decode = run_python(args.legacy_python, MXNET_SIDE, rec, str(args.records))
-        if args.upstream:
-            upstream_epoch, = run_python(args.upstream_python, UPSTREAM_EPOCHS, args.upstream, tmp, str(args.epochs),
-                                         str(BATCH), str(WORKERS))
     print(f"{args.records} records of 112x112 JPEG, {size_mb:.1f} MB, random order via .idx")
     no_legacy, no_upstream = "n/a (no legacy venv)", "n/a (no --upstream arcface_torch checkout given)"
     rows = [("raw read+unpack, ours", ours_raw, "/s", no_legacy), ("raw read+unpack, mxnet", mx_raw, "/s", no_legacy),
