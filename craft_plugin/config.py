@@ -12,7 +12,7 @@ from typing import Any
 
 from craft_plugin.errors import ConfigError
 
-PLUGIN_KEYS = ("preset", "reactivation", "margin_loss", "rec_reader")
+PLUGIN_KEYS = ("preset", "reactivation", "margin_loss", "partial_fc", "rec_reader")
 
 # keys of upstream's configs/base.py and of its shipped job configs
 UPSTREAM_KEYS = frozenset("""

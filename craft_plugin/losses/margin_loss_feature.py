@@ -1,5 +1,6 @@
 """``config.margin_loss`` as a plugin feature: replaces upstream's CombinedMarginLoss, picks the
-norm-aware Partial FC for losses that weight the loss or need feature norms, advances margin
+lean (chunked) Partial FC when ``config.partial_fc`` is set, else the norm-aware Partial FC for
+losses that weight the loss or need feature norms, advances margin
 schedules on real optimizer steps and keeps the loss's state (step, generator) in checkpoints."""
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any, Callable, Optional
 
 from craft_plugin.losses import MarginLoss, build_margin_loss
 from craft_plugin.losses.norm_aware_pfc import norm_aware_partial_fc
+from craft_plugin.partial_fc.lean import check_chunkable, lean_partial_fc
+from craft_plugin.partial_fc.options import lean_chunk
 
 
 class MarginLossFeature:
@@ -14,18 +17,24 @@ class MarginLossFeature:
 
     name = "margin_loss"
 
-    def __init__(self, loss: MarginLoss):
+    def __init__(self, loss: MarginLoss, chunk: Optional[int] = None):
         self.loss = loss
+        self.chunk = chunk
+        if chunk is not None:
+            check_chunkable(loss, chunk)
 
     @classmethod
     def from_config(cls, cfg: Any) -> Optional["MarginLossFeature"]:
         spec = cfg.get("margin_loss")
-        return None if spec is None else cls(build_margin_loss(spec))
+        chunk = lean_chunk(cfg)  # validated (and refused without margin_loss) even when the feature is off
+        return None if spec is None else cls(build_margin_loss(spec), chunk)
 
     def margin_loss(self, loss: Callable, cfg: Any) -> Callable:
         return self.loss
 
     def partial_fc_class(self, pfc_class: type, cfg: Any) -> type:
+        if self.chunk is not None:  # it handles feature norms and total_loss itself
+            return lean_partial_fc(pfc_class, self.chunk)
         custom = type(self.loss).total_loss is not MarginLoss.total_loss
         return norm_aware_partial_fc(pfc_class) if self.loss.needs_norms or custom else pfc_class
 

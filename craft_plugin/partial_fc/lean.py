@@ -27,6 +27,8 @@ Peak extra memory is a few (B, chunk) buffers plus the weight gradient itself.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import distributed
 from torch.nn.functional import linear, normalize
@@ -183,6 +185,14 @@ def _linear_backward(dc, xn, part, grad_xn, grad_weight, norm, fp16) -> None:
     out.addcmul_(wn, projection, value=-1).div_(scale)
 
 
+def check_chunkable(margin_loss: Any, chunk: int) -> None:
+    """ConfigError unless the chunked path computes ``margin_loss``."""
+    if not isinstance(margin_loss, MarginLoss) or not margin_loss.chunkable():
+        raise ConfigError("partial_fc", {"chunk": chunk},
+                          "unset, or set together with a config.margin_loss the chunked path computes "
+                          f"(its MarginLoss.chunkable()); the margin loss is {type(margin_loss).__name__}")
+
+
 def lean_partial_fc(base: type, chunk: int = DEFAULT_CHUNK) -> type:
     """A subclass of the Partial FC class ``base`` whose forward never holds the (B, C) logits."""
 
@@ -190,10 +200,7 @@ def lean_partial_fc(base: type, chunk: int = DEFAULT_CHUNK) -> type:
         chunk_size = chunk
 
         def __init__(self, margin_loss, *args, **kwargs):
-            if not isinstance(margin_loss, MarginLoss) or not margin_loss.chunkable():
-                raise ConfigError("partial_fc", {"chunk": chunk},
-                                  "unset, or set together with a config.margin_loss the chunked path computes "
-                                  f"(its MarginLoss.chunkable()); the margin loss is {type(margin_loss).__name__}")
+            check_chunkable(margin_loss, chunk)
             super().__init__(margin_loss, *args, **kwargs)
 
         def forward(self, local_embeddings: torch.Tensor, local_labels: torch.Tensor) -> torch.Tensor:
