@@ -10,7 +10,7 @@ import inspect
 from typing import Union
 
 from craft_plugin.errors import ConfigError
-from craft_plugin.losses import arcface, cosface, elasticface, sphereface_r  # noqa: F401  (registration)
+from craft_plugin.losses import adaface, arcface, cosface, curricularface, elasticface, magface, sphereface_r  # noqa: F401  (registration)
 from craft_plugin.losses.base import MarginLoss
 from craft_plugin.losses.registry import MARGIN_LOSSES
 

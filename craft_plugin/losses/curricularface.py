@@ -1,0 +1,100 @@
+"""CurricularFace (Huang, Wang, Tai, Liu, Shen, Li, Li, Huang; CVPR 2020, arXiv 2004.00288):
+hard negatives weighted by a curriculum that follows training progress.
+
+    target logit  T(cos theta_y) = cos(theta_y + m)           if theta_y + m <= pi
+                                 = cos theta_y - m sin(pi - m)  otherwise (ArcFace's fallback)
+    t <- alpha mean_i(cos theta_{y_i}) + (1 - alpha) t          (t = 0 at the start, no gradient)
+    negative j of row i: cos theta_j (t + cos theta_j)  if cos theta_j > cos(theta_{y_i} + m), else cos theta_j
+    every logit times s
+
+t is updated with the current batch before use, over the GLOBAL batch; the hard-negative
+threshold uses cos(theta_y + m) without the fallback, as the official code. Gradients are the true
+ones (t + 2 cos theta_j on hard negatives, that of T on targets). Defaults: s=64, m=0.5,
+alpha=0.01, the official code's (github HuangYG123/CurricularFace head/metrics.py).
+
+Across ranks: a row's target cosine lives on one class shard, but its threshold is needed on every
+shard and t needs all of them: each rank contributes its positive rows' target cosines and one
+all-reduce of B floats completes them (as ElasticFace "+"), so every rank applies exactly the
+threshold and t of an unsharded computation of the same batch.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from craft_plugin.distributed import all_reduce_
+from craft_plugin.losses.base import MarginLoss, _target_grad, _targets_through, at_least_float32, theta_of
+from craft_plugin.losses.moving_average import momentum, update_
+from craft_plugin.losses.registry import MARGIN_LOSSES
+from craft_plugin.validation import in_range
+
+
+class _CurricularLogits(torch.autograd.Function):
+    """s * (targets through ``fn``, hard negatives c (t + c), the rest c) as a new (B, C) buffer.
+
+    The input cosines are kept for the backward (the hard negatives' derivative t + 2c needs
+    them); the hard-negative mask is recomputed from them and the B thresholds, not stored.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, rows, cols, fn, threshold, t, s):
+        new = _targets_through(ctx, logits, rows, cols, fn)
+        with torch.no_grad():
+            hard = logits > threshold
+            out = logits + t
+            out.mul_(logits)
+            torch.where(hard, out, logits, out=out)
+            del hard
+            out[rows, cols] = new
+            out.mul_(s)
+        ctx.save_for_backward(logits, rows, cols, threshold, t)
+        ctx.s = s
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, rows, cols, threshold, t = ctx.saved_tensors
+        out = logits * 2
+        out.add_(t)
+        torch.where(logits > threshold, out, torch.ones((), dtype=out.dtype), out=out)
+        out.mul_(grad).mul_(ctx.s)
+        out[rows, cols] = _target_grad(ctx, grad[rows, cols] * ctx.s).to(out.dtype)
+        return out, None, None, None, None, None, None
+
+
+@MARGIN_LOSSES.register("curricularface")
+class CurricularFace(MarginLoss):
+    source = "CurricularFace, arXiv 2004.00288; official code (github HuangYG123/CurricularFace head/metrics.py)"
+
+    def __init__(self, s: float = 64.0, m: float = 0.5, alpha: float = 0.01):
+        super().__init__(s)
+        self.m = in_range("margin_loss.m", m, 0.0, math.pi / 2)
+        self.alpha = momentum("margin_loss.alpha", alpha)
+        # not in Partial FC's state_dict (its keys stay upstream's); checkpointed via extra_state
+        self.register_buffer("t", torch.zeros(()), persistent=False)
+
+    def target_logit(self, cos, rows, batch):
+        shifted = torch.cos(theta_of(cos) + self.m)
+        return torch.where(cos > math.cos(math.pi - self.m), shifted, cos - math.sin(math.pi - self.m) * self.m)
+
+    def forward(self, logits, labels, norms=None):
+        logits = at_least_float32(logits)
+        flat = labels.view(-1)
+        rows = torch.nonzero(flat != -1).view(-1)
+        cols = flat[rows]
+        batch = logits.size(0)
+        with torch.no_grad():
+            target = torch.zeros(batch, dtype=logits.dtype, device=logits.device)
+            target[rows] = logits[rows, cols]
+            all_reduce_(target)  # every row's target cosine, whichever rank holds its class
+            update_(self.t, target.mean(), self.alpha)
+            threshold = torch.cos(theta_of(target) + self.m).view(-1, 1)
+        return _CurricularLogits.apply(logits, rows, cols, lambda cos: self.target_logit(cos, rows, batch),
+                                       threshold, self.t.to(logits.dtype, copy=True), self.s)
+
+    def extra_state(self) -> dict:
+        return {"t": self.t.detach().clone()}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.t.copy_(state["t"])
