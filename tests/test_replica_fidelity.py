@@ -22,6 +22,7 @@ from craft_plugin._replica.config import get_config
 from craft_plugin._replica.data import training_transform
 from craft_plugin._replica.distributed_sampler import DistributedSampler, get_dist_info
 from craft_plugin._replica.launch import run_distributed
+from craft_plugin._replica.lr_scheduler import PolynomialLRWarmup
 from craft_plugin._replica.partial_fc import DistCrossEntropy, PartialFC_V2
 from craft_plugin._replica.synthetic import synthetic_image
 from craft_plugin._replica.train import train
@@ -187,3 +188,24 @@ def test_sampler_shards_one_permutation_seeded_by_rank_0():
     perm = torch.randperm(11, generator=torch.Generator().manual_seed(7 + 3)).tolist()
     padded = perm + perm[:1]
     assert ranks == [padded[0::2], padded[1::2]]
+
+
+def test_lr_schedule_has_upstreams_chained_arithmetic():
+    """Warm-up closed form, then each rate from the previous one (upstream's rounding, not the
+    closed form's), equal to the polynomial decay up to rounding; constant after the end."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    scheduler = PolynomialLRWarmup(optimizer, warmup_iters=4, total_iters=20, power=2.0)
+    got = []
+    for _ in range(24):
+        got.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    expected, lr = [0.1], 0.1
+    for t in range(1, 24):
+        if t <= 4:
+            lr = 0.1 * t / 4
+        elif t <= 20:
+            lr = lr * ((1.0 - (t - 4) / 16) / (1.0 - (t - 5) / 16)) ** 2.0
+        expected.append(lr)
+    assert got == expected
+    assert got[12] == pytest.approx(0.1 * (1 - 8 / 16) ** 2, rel=1e-12) and got[20:] == [0.0] * 4

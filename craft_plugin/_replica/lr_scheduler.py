@@ -1,8 +1,10 @@
-"""The learning-rate schedule of arcface_torch's ``PolynomialLRWarmup`` in closed form.
+"""Stand-in for arcface_torch's ``PolynomialLRWarmup``, stepped every iteration, with upstream's arithmetic.
 
-lr(t) = base * t / w for 0 < t <= w (linear warm-up), else base * (1 - (min(t, T) - w) / (T - w))^p;
-like upstream, lr(0) = base (its first iteration runs at the base rate). Stepped every iteration. Unlike upstream it does not pass ``verbose=`` to torch's LRScheduler
-(torch 2.14 rejects it).
+Warm-up is closed form, lr(t) = base * t / w for 0 < t <= w; after it the rate is chained, as
+upstream computes it: lr(t) = lr(t - 1) * ((1 - (t - w) / (T - w)) / (1 - (t - 1 - w) / (T - w)))^p,
+which is base * (1 - (t - w) / (T - w))^p up to rounding (the chained products are what upstream
+trains with, so they are kept). lr(0) is the base rate and the rate stays where it is after T.
+Unlike upstream it does not pass ``verbose=`` to torch's LRScheduler (torch 2.14 rejects it).
 """
 from __future__ import annotations
 
@@ -21,10 +23,10 @@ class PolynomialLRWarmup(LRScheduler):
         super().__init__(optimizer, last_epoch=last_epoch)
 
     def get_lr(self) -> List[float]:
-        t = self.last_epoch
-        if t == 0:
-            return list(self.base_lrs)
-        if t <= self.warmup_iters:
-            return [base * t / self.warmup_iters for base in self.base_lrs]
-        frac = (min(self.total_iters, t) - self.warmup_iters) / max(1, self.total_iters - self.warmup_iters)
-        return [base * (1.0 - frac) ** self.power for base in self.base_lrs]
+        t, w, total = self.last_epoch, self.warmup_iters, self.total_iters
+        if t == 0 or t > total:
+            return [group["lr"] for group in self.optimizer.param_groups]
+        if t <= w:
+            return [base * t / w for base in self.base_lrs]
+        ratio = ((1.0 - (t - w) / (total - w)) / (1.0 - (t - 1 - w) / (total - w))) ** self.power
+        return [group["lr"] * ratio for group in self.optimizer.param_groups]
