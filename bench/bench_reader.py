@@ -11,13 +11,14 @@ installed), mxnet's ``mx.image.imdecode``, and our Dataset's ``__getitem__`` (re
 Whole epochs through a loader (2 workers, batch 128, shuffled, worker start-up included): the
 uint8 path (items uint8, each batch normalised in the main process, the device here), the float
 path (the same items normalised one by one in the workers, float32 through shared memory, as
-before uint8), and upstream's ``MXFaceDataset`` + ``DataLoaderX`` on the mxnet stack, imported from an arcface_torch checkout given with ``--upstream`` and run by
-``--upstream-python`` (mxnet 1.9.1, numpy < 1.24, torchvision; CUDA calls become no-ops on a
-machine without a GPU); without ``--upstream`` that row is skipped. Bytes per image: what a worker
-hands over through shared memory (the collated batch's tensors). Memory: the reader's index (bytes
-per record) plus one image, no whole-file reads (the file is memory-mapped). The decode,
-``__getitem__`` and epoch figures are the best of ``--repeats`` rounds, each round measuring all
-of them in turn, so that other load on the machine falls on every row alike.
+before uint8), and upstream's ``MXFaceDataset`` + ``DataLoaderX`` on the mxnet stack, imported
+from an arcface_torch checkout given with ``--upstream`` and run by ``--upstream-python``
+(mxnet 1.9.1, numpy < 1.24, torchvision; CUDA calls become no-ops on a machine without a GPU);
+without ``--upstream`` that row is skipped. Bytes per image: what a worker hands over through
+shared memory (the collated batch's tensors). Memory: the reader's index (bytes per record) plus
+one image, no whole-file reads (the file is memory-mapped). The decode, ``__getitem__`` and epoch
+figures are the best of ``--repeats`` rounds, each round measuring all of them in turn, so that
+other load on the machine falls on every row alike.
 
 usage: python bench/bench_reader.py [--records N] [--repeats R] [--legacy-python PATH]
                                     [--upstream ARCFACE_TORCH_DIR] [--upstream-python PATH]
