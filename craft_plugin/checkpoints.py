@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 
@@ -159,6 +159,23 @@ class _Shards:
         for key in keys:
             self.opt_tensors.setdefault(key, []).append(opt_state[key])
 
+    def concatenate(self, progress: Callable[[Iterable], Iterable]) -> Dict[str, torch.Tensor]:
+        """The whole classifier (key ``FC_WEIGHT``) and per-class optimizer state, in class order.
+        Copied rank by rank into preallocated tensors, each rank's shards released once copied, so
+        that a memory-mapped file's pages can go before the next is read."""
+        parts = {FC_WEIGHT: self.weights, **self.opt_tensors}
+        rows = [w.size(0) for w in self.weights]
+        whole = {key: torch.empty((sum(rows),) + tuple(shards[0].shape[1:]), dtype=shards[0].dtype)
+                 for key, shards in parts.items()}
+        start = 0
+        for rank in progress(range(len(rows))):
+            count = rows[rank]
+            for key, shards in parts.items():
+                whole[key][start:start + count] = shards[rank]
+                shards[rank] = None
+            start += count
+        return whole
+
     def check_split(self, paths: List[Path]) -> int:
         """The number of classes, after checking each shard has the rows upstream gives that rank."""
         world_size = len(self.weights)
@@ -185,37 +202,36 @@ def merge_run(run_dir: Path, progress: Optional[Callable[[Iterable], Iterable]] 
     paths = find_checkpoints(Path(run_dir))
     first = load_checkpoint(paths[0])
     shards = _Shards(first, paths[0])
-    for rank, path in enumerate(progress(paths) if progress else paths):
-        # ranks > 0 are memory-mapped: only their classifier shard is read
+    for rank, path in enumerate(paths):
+        # ranks > 0 are memory-mapped: only their classifier shard is read, in concatenate()
         shards.add(rank, first if rank == 0 else load_checkpoint(path, mmap=True), path)
     total = shards.check_split(paths)
     if num_classes is not None and total != num_classes:
         raise CheckpointSetError(f"{run_dir}: the {len(paths)} shards hold {total} classes, not num_classes = "
                                  f"{num_classes}: a rank is missing or the files come from another run")
+    whole = shards.concatenate(progress or (lambda ranks: ranks))
     merged = dict(first)
     merged["state_dict_softmax_fc"] = dict(first["state_dict_softmax_fc"])
-    merged["state_dict_softmax_fc"][FC_WEIGHT] = torch.cat(shards.weights)
+    merged["state_dict_softmax_fc"][FC_WEIGHT] = whole.pop(FC_WEIGHT)
     optimizer = dict(first["state_optimizer"])
     optimizer["state"] = dict(optimizer["state"])
-    if shards.opt_tensors:
-        fc_state = dict(optimizer["state"][shards.fc_id])
-        fc_state.update({key: torch.cat(parts) for key, parts in shards.opt_tensors.items()})
-        optimizer["state"][shards.fc_id] = fc_state
+    if whole:
+        optimizer["state"][shards.fc_id] = {**optimizer["state"][shards.fc_id], **whole}
     merged["state_optimizer"] = optimizer
     merged["num_classes"] = total
     merged["source_world_size"] = len(paths)
     return merged
 
 
-def split(merged: dict, world_size: int) -> List[dict]:
+def split(merged: dict, world_size: int) -> Iterator[dict]:
     """``world_size`` checkpoints cut from a merged one as ``PartialFC_V2`` splits classes for
-    that world size; every shard is a copy (a saved view would carry the whole tensor)."""
+    that world size, one at a time (saved one by one, at most one rank's copy is held). Every shard
+    is a copy: a saved view would carry the whole tensor."""
     num_classes = merged["num_classes"]
     fc_id = merged["state_optimizer"]["param_groups"][FC_GROUP]["params"][0]
     fc_state = fc_optimizer_state(merged)
     weight = merged["state_dict_softmax_fc"][FC_WEIGHT]
     per_class = per_class_keys(fc_state, weight)
-    out = []
     for rank in range(world_size):
         start, count = class_split(num_classes, world_size, rank)
         checkpoint = {k: v for k, v in merged.items() if k not in MERGED_KEYS}
@@ -227,11 +243,10 @@ def split(merged: dict, world_size: int) -> List[dict]:
             optimizer["state"][fc_id] = {k: (v[start:start + count].clone() if k in per_class else v)
                                          for k, v in fc_state.items()}
         checkpoint["state_optimizer"] = optimizer
-        out.append(checkpoint)
-    return out
+        yield checkpoint
 
 
-def atomic_save_all(items: List[Tuple[object, Path]],
+def atomic_save_all(items: Iterable[Tuple[object, Path]],
                     progress: Optional[Callable[[Iterable], Iterable]] = None) -> None:
     """``torch.save`` each object to a temporary file beside its path, flushed and fsynced; only
     when all are written are they moved into place (a failure leaves no target touched)."""

@@ -16,6 +16,7 @@ RUNS = {
     "losses": ["bench/bench_losses.py", "--quick"],
     "craft": ["bench/bench_craft.py", "--quick"],
     "reader": ["bench/bench_reader.py", "--records", "300", "--legacy-python", str(LEGACY_PYTHON)],
+    "reshard": ["bench/bench_reshard.py", "--quick"],
 }
 
 

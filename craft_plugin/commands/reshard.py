@@ -66,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
     per_class = per_class_keys(fc_optimizer_state(merged), weight)
     outputs = [merged] if args.merge else split(merged, args.world_size)
     paths[0].parent.mkdir(parents=True, exist_ok=True)
-    atomic_save_all(list(zip(outputs, paths)), progress=lambda it: tqdm(it, desc="write", unit="file", file=sys.stderr))
+    atomic_save_all(zip(outputs, paths),
+                    progress=lambda it: tqdm(it, total=len(paths), desc="write", unit="file", file=sys.stderr))
     summary = {
         "run_dir": str(args.run_dir),
         "source_world_size": merged["source_world_size"],
