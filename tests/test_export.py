@@ -78,10 +78,16 @@ def test_export_is_torch2onnx_shaped_and_matches_pytorch(trained, tmp_path, caps
 
 
 def write_checkout(root):
-    """A stand-in for the user's arcface_torch checkout: its backbones.get_model, configs/ and
-    utils.utils_config.get_config, with our mini network as its only backbone."""
+    """A stand-in for the user's arcface_torch checkout: its backbones.get_model (which prints),
+    configs/ and utils.utils_config.get_config, with our mini network as its only backbone."""
     files = {
-        "backbones/__init__.py": "from craft_plugin._replica.backbone import get_model\n",
+        "backbones/__init__.py": textwrap.dedent("""\
+            from craft_plugin._replica.backbone import get_model as mini
+
+            def get_model(name, **kwargs):
+                print("user code printing on stdout")  # must not spoil --json
+                return mini(name, **kwargs)
+            """),
         "configs/__init__.py": "",
         "configs/base.py": "from easydict import EasyDict\nconfig = EasyDict()\nconfig.network = 'r50'\n"
                            "config.embedding_size = 512\nconfig.output = None\n",

@@ -160,7 +160,7 @@ def test_reshard_to_other_world_sizes_continues_the_run(two_rank_runs, capsys, w
     # Not bit-identical, and not because of the checkpoints: with another class split the softmax
     # denominator is summed per shard and all-reduced in another grouping, and the backbone's
     # gradient is summed over another split of the batch before DDP's all-reduce. Float32
-    # rounding differences of ~1e-7 relative, grown over three SGD steps.
+    # rounding differences of ~1e-7 relative, grown over the two resumed SGD steps.
     root, (whole_losses, whole_backbone, whole_fc) = two_rank_runs
     (losses, backbone, fc), summary = resume_resharded(root, world_size, capsys)
     assert summary["class_split"] == [list(class_split(NUM_CLASSES, world_size, r)) for r in range(world_size)]

@@ -90,8 +90,7 @@ def network_factory(args: argparse.Namespace) -> Tuple[Callable, str, int, str]:
             rel = rel if rel.suffix == ".py" else rel.with_name(rel.name + ".py")  # train_v2.py takes both
             if rel.parts[:1] != ("configs",) or not (root / rel).is_file():
                 raise ExportError(f"--config {args.config}: expected a file configs/JOB.py inside {root}")
-            with contextlib.redirect_stdout(sys.stderr):
-                cfg = import_from_checkout(root, "utils.utils_config").get_config(rel.as_posix())
+            cfg = import_from_checkout(root, "utils.utils_config").get_config(rel.as_posix())
             network = network or cfg.network
             embedding_size = embedding_size or cfg.embedding_size
         factory = import_from_checkout(root, "backbones").get_model
@@ -134,7 +133,7 @@ def build_network(factory: Callable, network: str, embedding_size: int, state: d
 def export_onnx(net: torch.nn.Module, path: Path, opset: int) -> None:
     """torch2onnx.py's export, with the batch dimension of input and output dynamic."""
     example = torch.rand(1, 3, INPUT_SIZE, INPUT_SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+    with warnings.catch_warnings():
         # opset 11 needs the TorchScript exporter (the dynamo exporter starts at opset 18)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(net, (example,), str(path), input_names=["data"], output_names=["embedding"],
@@ -160,17 +159,9 @@ def run(args: argparse.Namespace) -> int:
     model, out = Path(args.model), Path(args.out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        if args.check_batch < 1:
-            raise ExportError(f"--check-batch {args.check_batch}: expected an integer >= 1")
-        factory, network, embedding_size, source = network_factory(args)
-        net = build_network(factory, network, embedding_size, load_backbone_state(model), model)
-        export_onnx(net, tmp, args.opset)
-        check = check_with_onnxruntime(net, tmp, args.check_batch)
-        if check["relative_diff"] > TOLERANCE:
-            raise ExportError(f"onnxruntime and PyTorch disagree: max |difference| {check['max_abs_diff']:.3g} is "
-                              f"{check['relative_diff']:.3g} of the largest embedding value (allowed {TOLERANCE})")
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
+        # stdout is for the JSON summary alone: whatever the user's network code prints goes to stderr
+        with contextlib.redirect_stdout(sys.stderr):
+            check = export_checked(args, model, tmp)
         os.replace(tmp, out)
     except ExportError as exc:
         print(f"craft-plugin export: {exc}; nothing written", file=sys.stderr)
@@ -178,14 +169,29 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if tmp.exists():
             tmp.unlink()
-    summary = {"model": str(model), "onnx": str(out), "network": network, "factory": source,
-               "embedding_size": embedding_size, "opset": args.opset, "input": ["None", 3, INPUT_SIZE, INPUT_SIZE],
-               "output": ["None", embedding_size], **check}
     if args.json:
-        print_json(summary)
+        print_json(check)
     else:
-        print(f"{model} -> {out}: {network} from {source}, {embedding_size}-d embeddings, opset {args.opset}, "
-              f"input data [None, 3, {INPUT_SIZE}, {INPUT_SIZE}]", file=sys.stderr)
+        print(f"{model} -> {out}: {check['network']} from {check['factory']}, {check['embedding_size']}-d embeddings, "
+              f"opset {args.opset}, input data [None, 3, {INPUT_SIZE}, {INPUT_SIZE}]", file=sys.stderr)
         print(f"onnxruntime vs PyTorch on {args.check_batch} images: max |diff| {check['max_abs_diff']:.3g}, "
               f"min cosine {check['min_cosine']:.7f}", file=sys.stderr)
     return 0
+
+
+def export_checked(args: argparse.Namespace, model: Path, tmp: Path) -> dict:
+    """Export to ``tmp``, check it with onnxruntime, fsync it; the summary."""
+    if args.check_batch < 1:
+        raise ExportError(f"--check-batch {args.check_batch}: expected an integer >= 1")
+    factory, network, embedding_size, source = network_factory(args)
+    net = build_network(factory, network, embedding_size, load_backbone_state(model), model)
+    export_onnx(net, tmp, args.opset)
+    check = check_with_onnxruntime(net, tmp, args.check_batch)
+    if check["relative_diff"] > TOLERANCE:
+        raise ExportError(f"onnxruntime and PyTorch disagree: max |difference| {check['max_abs_diff']:.3g} is "
+                          f"{check['relative_diff']:.3g} of the largest embedding value (allowed {TOLERANCE})")
+    with open(tmp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    return {"model": str(model), "onnx": str(args.out), "network": network, "factory": source,
+            "embedding_size": embedding_size, "opset": args.opset, "input": ["None", 3, INPUT_SIZE, INPUT_SIZE],
+            "output": ["None", embedding_size], **check}
