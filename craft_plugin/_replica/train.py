@@ -105,7 +105,8 @@ def train(cfg: Any, plugins: Optional[list] = None) -> TrainResult:
     start_epoch = 0
     global_step = 0
     if cfg.resume:
-        dict_checkpoint = torch.load(os.path.join(cfg.output, f"checkpoint_gpu_{rank}.pt"), weights_only=False)
+        # upstream's bare torch.load is weights_only=True on torch >= 2.6: plugin state must load so
+        dict_checkpoint = torch.load(os.path.join(cfg.output, f"checkpoint_gpu_{rank}.pt"), weights_only=True)
         start_epoch = dict_checkpoint["epoch"]
         global_step = dict_checkpoint["global_step"]
         unwrap(backbone).load_state_dict(dict_checkpoint["state_dict_backbone"])
