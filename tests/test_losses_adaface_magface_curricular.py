@@ -18,6 +18,7 @@ from craft_plugin.distributed import rank_and_world_size
 from craft_plugin.errors import ConfigError
 from craft_plugin.losses import build_margin_loss, default_parameters
 from craft_plugin.losses.norm_aware_pfc import norm_aware_partial_fc
+from craft_plugin.partial_fc.lean import lean_partial_fc
 from craft_plugin._replica.launch import run_distributed
 from craft_plugin._replica.partial_fc import PartialFC_V2
 
@@ -377,6 +378,35 @@ def test_interrupted_and_resumed_equals_uninterrupted(name):
     lost_params, lost_state = train(name, 6, resume_at=3, restore=False)  # the state matters
     assert not all(torch.equal(state[k], lost_state[k]) for k in state)
     assert not all(torch.equal(a, b) for a, b in zip(params, lost_params))
+
+
+def test_adaface_through_the_lean_partial_fc_over_steps():
+    """The chunked Partial FC equals the materialised one step after step (the averages move);
+    MagFace (margin gradient to the norms) and CurricularFace (thresholds before any chunk) are
+    refused by it, not miscomputed."""
+    results = []
+    for cls in (lean_partial_fc(PartialFC_V2, 4), norm_aware_partial_fc(PartialFC_V2)):
+        torch.manual_seed(0)
+        loss_fn = build_margin_loss({"name": "adaface", "t_alpha": 0.5})
+        pfc = cls(loss_fn, DIM, CLASSES, 1.0).double()
+        with torch.no_grad():
+            pfc.weight.copy_(torch.randn(CLASSES, DIM, generator=torch.Generator().manual_seed(2), dtype=torch.float64))
+        steps = []
+        for step in range(STEPS):
+            embeddings, labels = shard_data(step)
+            x = embeddings.clone().requires_grad_(True)
+            pfc.weight.grad = None
+            loss = pfc(x, labels)
+            loss.backward()
+            steps.append((loss.detach(), x.grad, pfc.weight.grad.clone(), loss_fn.extra_state()))
+        results.append(steps)
+    for (lean, plain) in zip(*results):
+        assert torch.allclose(lean[0], plain[0], rtol=1e-10) and torch.allclose(lean[1], plain[1], atol=1e-10)
+        assert torch.allclose(lean[2], plain[2], atol=1e-10)
+        assert all(torch.equal(lean[3][k], plain[3][k]) for k in plain[3])
+    for name in ("magface", "curricularface"):
+        with pytest.raises(ConfigError, match="partial_fc"):
+            lean_partial_fc(PartialFC_V2)(build_margin_loss(name), DIM, CLASSES, 1.0)
 
 
 def test_state_is_outside_partial_fc_state_dict_and_follows_the_module():

@@ -63,13 +63,11 @@ class AdaFace(MarginLoss):
             update_(self.batch_std, std, self.t_alpha)
             return ((safe - self.batch_mean) / (self.batch_std + EPS) * self.h).clamp(-1, 1)
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor,
-                norms: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def prepare(self, norms: Optional[torch.Tensor]) -> None:
         if norms is None:
             raise RuntimeError("adaface needs the feature norms: the norm-aware Partial FC "
                                "(chosen automatically through the partial_fc_class hook)")
-        self.margin_scaler = self.update_statistics(norms)  # read by target_logit in this call
-        return super().forward(logits, labels, norms)
+        self.margin_scaler = self.update_statistics(norms)  # read by target_logit in this forward
 
     def target_logit(self, cos, rows, batch):
         scaler = self.margin_scaler[rows].to(cos.dtype)

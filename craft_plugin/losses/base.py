@@ -132,10 +132,15 @@ class MarginLoss(torch.nn.Module):
         Partial FC (:mod:`craft_plugin.partial_fc.lean`) calls it on chunks of the logits."""
         return grad
 
+    def prepare(self, norms: Optional[torch.Tensor]) -> None:
+        """Called once per forward before any logit, by both Partial FC paths: per-step state from
+        the global batch's feature norms (AdaFace's moving averages). Nothing by default."""
+
     def chunkable(self) -> bool:
-        """Whether the chunked Partial FC computes this loss: all of it is ``target_logit`` (called
-        once per forward), ``elementwise`` (+ ``elementwise_vjp``), ``scale_factor`` and
-        ``total_loss``. True when ``forward`` is this class's; a loss overriding ``forward`` opts in."""
+        """Whether the chunked Partial FC computes this loss: all of it is ``prepare``,
+        ``target_logit`` (called once per forward), ``elementwise`` (+ ``elementwise_vjp``),
+        ``scale_factor`` and ``total_loss``. True when ``forward`` is this class's; a loss
+        overriding ``forward`` opts in."""
         return type(self).forward is MarginLoss.forward
 
     def scale_factor(self, norms: Optional[torch.Tensor]) -> Union[float, torch.Tensor]:
@@ -161,6 +166,7 @@ class MarginLoss(torch.nn.Module):
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor,
                 norms: Optional[torch.Tensor] = None) -> torch.Tensor:
+        self.prepare(norms)
         logits = at_least_float32(logits)
         flat = labels.view(-1)
         rows = torch.nonzero(flat != -1).view(-1)

@@ -102,6 +102,7 @@ class _ChunkedMarginCE(torch.autograd.Function):
             new_max = torch.maximum(row_max, z.amax(dim=1, keepdim=True))
             row_sum.mul_((row_max - new_max).exp_()).add_(z.sub_(new_max).exp_().sum(dim=1, keepdim=True))
             row_max = new_max
+            del part, z  # before the next chunk's buffers exist
         with torch.enable_grad():  # f once per step (a stateful loss draws once), its graph over B values kept
             ctx.t = target.requires_grad_(True)
             ctx.ft = loss.target_logit(ctx.t, rows, batch)
@@ -144,8 +145,8 @@ class _ChunkedMarginCE(torch.autograd.Function):
         grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
         for start in range(0, classes, chunk):
             part = _Chunk(xn, weight, norm, start, min(start + chunk, classes), cols, ctx.fp16)
-            c = part.raw.clamp(-1, 1)
-            inside = part.raw.abs_().le_(1)  # clamp's gradient mask, in the raw buffer
+            inside = (part.raw >= -1) & (part.raw <= 1)  # clamp's gradient mask (bool: a quarter buffer)
+            c = part.raw.clamp_(-1, 1)
             a = each(c.clone()) if each is not None else c
             part.put(a, rows, ft)
             if want_scale:
@@ -159,6 +160,7 @@ class _ChunkedMarginCE(torch.autograd.Function):
             dc.mul_(inside)
             del c, a, inside
             _linear_backward(dc, xn, part, grad_xn, grad_weight, norm, ctx.fp16)
+            del part, da, dc  # before the next chunk's buffers exist
         return grad_xn.to(xn.dtype), grad_weight, grad_scale, None, None, None, None
 
 
@@ -209,6 +211,7 @@ def lean_partial_fc(base: type, chunk: int = DEFAULT_CHUNK) -> type:
             with autocast(embeddings.device.type, self.fp16):  # as the materialised step
                 xn = normalize(embeddings)
             norms = at_least_float32(embeddings).norm(dim=1, keepdim=True) if margin.needs_norms else None
+            margin.prepare(norms)
             scale = margin.scale_factor(norms)
             scale = scale.to(at_least_float32(xn).dtype) if torch.is_tensor(scale) else scale
             loss = _ChunkedMarginCE.apply(xn, weight, scale, labels, margin, self.chunk_size, self.fp16)
