@@ -94,4 +94,7 @@ def run(args: argparse.Namespace) -> int:
         print("from rank 0: " + "; ".join(FROM_RANK_0), file=sys.stderr)
         for path in paths:
             print(f"wrote {path}", file=sys.stderr)
+        if not args.merge:
+            print(f"resume: config.output = {str(args.out)!r}, config.resume = True, {args.world_size} ranks; keep "
+                  f"batch_size x world_size as before (the lr schedule counts steps)", file=sys.stderr)
     return 0
