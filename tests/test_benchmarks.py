@@ -17,6 +17,7 @@ RUNS = {
     "craft": ["bench/bench_craft.py", "--quick"],
     "reader": ["bench/bench_reader.py", "--records", "300", "--legacy-python", str(LEGACY_PYTHON)],
     "reshard": ["bench/bench_reshard.py", "--quick"],
+    "lean_pfc": ["bench/bench_lean_pfc.py", "--quick"],
 }
 
 

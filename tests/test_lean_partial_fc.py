@@ -186,12 +186,12 @@ def test_the_hook_selects_the_lean_class(margin_loss):
     assert "Lean" not in craft_plugin.plugin.partial_fc_class(PartialFC_V2, cfg).__name__
 
 
-@pytest.mark.parametrize("margin_loss", ["elasticface-arc-plus", {"name": "sphereface-r", "norm": "soft"}], ids=str)
-def test_replica_training_matches_the_materialised_run_step_for_step(tmp_path, margin_loss):
+def test_replica_training_matches_the_materialised_run_step_for_step(tmp_path):
+    """ElasticFace "+": margins drawn once per step on both paths, ranked by all-reduced cosines."""
     # float32 training amplifies rounding differences step by step: at lr 0.02 over one epoch they
     # stay at float32 rounding (at lr 0.1 this s = 64 mini run grows them to 1e-3 by step 8)
     common = dict(num_epoch=1, rec="synthetic:16x4", num_classes=16, num_image=64, batch_size=8, lr=0.02,
-                  margin_loss=margin_loss)
+                  margin_loss="elasticface-arc-plus")
     plain = train(get_config(str(tmp_path / "plain"), **common), plugins=[craft_plugin.plugin])
     lean = train(get_config(str(tmp_path / "lean"), partial_fc={"chunk": 5}, **common), plugins=[craft_plugin.plugin])
     assert "Lean" in type(lean.partial_fc).__name__ and "Lean" not in type(plain.partial_fc).__name__
