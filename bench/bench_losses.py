@@ -8,6 +8,12 @@ of one (B, C) float32 buffer. Ratios are against our replica
 of upstream's CombinedMarginLoss ArcFace path (craft_plugin._replica.losses), measured in the same
 run. The norm-aware Partial FC step (soft) is compared with the stock Partial FC step.
 
+Whole Partial FC steps (embeddings (B, 512) -> Partial FC -> backward, one rank) for the losses
+with batch statistics (AdaFace, MagFace through the norm-aware class, CurricularFace through the
+stock one, as the plugin picks them): time against upstream's ArcFace step (stock Partial FC with
+CombinedMarginLoss), interleaved, and peak RSS growth of one step in a fresh process in (B, C)
+float32 buffers, with upstream's step measured the same way.
+
 usage: python bench/bench_losses.py [--quick]
 """
 from __future__ import annotations
@@ -46,7 +52,19 @@ CASES = {
     "sphereface-r-v1": lambda: build_margin_loss({"name": "sphereface-r", "magnitude": "v1"}),
     "sphereface-r-v2": lambda: build_margin_loss({"name": "sphereface-r", "magnitude": "v2"}),
     "sphereface-r-soft": lambda: with_norms(build_margin_loss({"name": "sphereface-r", "norm": "soft"})),
+    "adaface": lambda: with_norms(build_margin_loss("adaface")),
+    "magface": lambda: with_norms(build_margin_loss("magface")),
+    "curricularface": lambda: build_margin_loss("curricularface"),
 }
+
+EMBEDDING = 512
+PFC_CASES = {  # the Partial FC class each loss gets from the plugin's partial_fc_class hook
+    "upstream-arcface": lambda: PartialFC_V2(CombinedMarginLoss(64, 1.0, 0.5, 0.0), EMBEDDING, CLASSES_NOW[0], 1.0, False),
+    "adaface": lambda: norm_aware_partial_fc(PartialFC_V2)(build_margin_loss("adaface"), EMBEDDING, CLASSES_NOW[0], 1.0, False),
+    "magface": lambda: norm_aware_partial_fc(PartialFC_V2)(build_margin_loss("magface"), EMBEDDING, CLASSES_NOW[0], 1.0, False),
+    "curricularface": lambda: PartialFC_V2(build_margin_loss("curricularface"), EMBEDDING, CLASSES_NOW[0], 1.0, False),
+}
+CLASSES_NOW = [0]  # the class count PFC_CASES build for
 
 
 def inputs(batch: int, classes: int):
@@ -113,6 +131,47 @@ def pfc_step_times(batch: int, classes: int, repeats: int) -> tuple:
     return tuple(sorted(ts)[len(ts) // 2] for ts in (times["stock"], times["aware"]))
 
 
+def pfc_inputs(batch: int, classes: int):
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(batch, EMBEDDING, generator=gen) * 20, torch.randint(0, classes, (batch,), generator=gen)
+
+
+def pfc_case(name: str, classes: int) -> torch.nn.Module:
+    CLASSES_NOW[0] = classes
+    torch.manual_seed(0)
+    return PFC_CASES[name]()
+
+
+def pfc_step(pfc: torch.nn.Module, emb: torch.Tensor, labels: torch.Tensor) -> None:
+    pfc(emb.clone().requires_grad_(True), labels.clone()).backward()
+
+
+def pfc_case_times(batch: int, classes: int, repeats: int) -> dict:
+    """Median whole-step seconds of every PFC case, interleaved in every round."""
+    pfcs = {name: pfc_case(name, classes) for name in PFC_CASES}
+    emb, labels = pfc_inputs(batch, classes)
+    times = {name: [] for name in PFC_CASES}
+    for round_ in range(repeats + 1):
+        for name, pfc in pfcs.items():
+            start = time.perf_counter()
+            pfc_step(pfc, emb, labels)
+            if round_:
+                times[name].append(time.perf_counter() - start)
+    return {name: sorted(ts)[len(ts) // 2] for name, ts in times.items()}
+
+
+def pfc_peak_buffers(name: str, batch: int, classes: int) -> float:
+    """Peak RSS growth of one whole Partial FC step in a fresh process (after a warm-up step and
+    with the module and inputs already allocated), in (B, C) float32 buffers."""
+    code = ("import sys; sys.path.insert(0, 'bench'); import bench_losses as b; "
+            f"w = b.pfc_case({name!r}, 64); b.pfc_step(w, *b.pfc_inputs(8, 64)); "
+            f"pfc = b.pfc_case({name!r}, {classes}); emb, labels = b.pfc_inputs({batch}, {classes}); "
+            "base = b.high_water_kb(); b.pfc_step(pfc, emb, labels); print(b.high_water_kb() - base)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    return int(out.stdout.strip()) * 1024 / (batch * classes * 4)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (smoke run)")
@@ -135,6 +194,13 @@ def main() -> None:
                                                            "norm_aware_ms": round(aware * 1000, 2),
                                                            "ratio": round(aware / stock, 3)}
         print(f"{str((batch, classes)):<16}{'PFC step: soft/stock':<24}{aware * 1000:>12.1f}{aware / stock:>12.2f}")
+        steps = pfc_case_times(batch, classes, repeats)
+        for name in PFC_CASES:
+            t, mem = steps[name], pfc_peak_buffers(name, batch, classes)
+            ratio = t / steps["upstream-arcface"]
+            figures[f"{batch}x{classes}/pfc-step/{name}"] = {"ms": round(t * 1000, 2), "ratio": round(ratio, 3),
+                                                             "peak_buffers": round(mem, 2)}
+            print(f"{str((batch, classes)):<16}{'PFC step: ' + name:<24}{t * 1000:>12.1f}{ratio:>12.2f}{mem:>17.2f}")
     print(json.dumps({"bench": "losses", "figures": figures}))
 
 
