@@ -1,11 +1,19 @@
 """The CRAFT controller: when to check, what to revive, and keeping ranks identical.
 
 It counts real optimizer steps (a GradScaler-skipped step is not one) and checks at
-``every``-step multiples and at epoch ends inside ``[start, stop]``. A check computes the filter
-norms of the first conv, revives up to ``max_revive`` inactive filters (weakest first) with the
-configured strategy (``random`` with a warning when no filter is live), then rank 0's layer,
-follower parameters and their optimizer state are broadcast so every rank holds the same bytes.
-Each check is logged and, on rank 0, written to TensorBoard with a picture of the filters.
+``every``-step multiples and at epoch ends inside ``[start, stop]``. A check scores the filters
+of the first conv (weight norms, or with the ``activation`` criterion the mean |BatchNorm output|
+on the batch of the step just taken, averaged over ranks), revives up to ``max_revive`` inactive
+filters (weakest first) with the configured strategy (``random`` with a warning when no filter
+is live), then rank 0's layer, follower parameters and their optimizer state are broadcast so
+every rank holds the same bytes. Each check is logged and, on rank 0, written to TensorBoard
+with a picture of the filters.
+
+With the ``activation`` criterion a forward hook is armed after the step before a check and
+removed at the check, so no hook exists between checks. An epoch-end check needs a batch: it
+arms the hook and runs after the next real step (it is in the checkpoint if one is saved in
+between); after the last epoch no step follows, the check does not run and the armed hook stays
+on the BatchNorm, where eval-mode forwards (export, verification) do not touch it.
 """
 from __future__ import annotations
 
@@ -15,7 +23,8 @@ from typing import Any, Dict, List, Optional
 import torch
 from torch import distributed
 
-from craft_plugin.reactivation.detection import Criterion, filter_norms, inactive_mask
+from craft_plugin.reactivation.capture import ActivationCapture
+from craft_plugin.reactivation.detection import Criterion, activation_scores, filter_norms, inactive_mask
 from craft_plugin.reactivation.grid import filter_grid
 from craft_plugin.reactivation.layer import FirstLayer
 from craft_plugin.reactivation.options import ReactivationOptions
@@ -38,30 +47,64 @@ class Reactivator:
         self.generator = torch.Generator().manual_seed(options.seed)
         self.steps = 0
         self.history: List[Dict[str, Any]] = []
+        self.capture = (ActivationCapture(layer.bn if layer.bn is not None else layer.conv)
+                        if self.criterion.uses_activations else None)
+        self.pending: Optional[str] = None   # activation: an epoch-end check waiting for a batch
+        self.arm_if_due()
 
-    def in_window(self) -> bool:
+    def in_window(self, step: int) -> bool:
         stop = self.options.stop
-        return self.steps >= self.options.start and (stop is None or self.steps <= stop)
+        return step >= self.options.start and (stop is None or step <= stop)
+
+    def due(self, step: int) -> bool:
+        every = self.options.every
+        return bool(every) and step % every == 0 and self.in_window(step)
+
+    def arm_if_due(self) -> None:
+        """Activation criterion: capture the next step's batch when a check follows it."""
+        if self.capture is None:
+            return
+        if self.pending or self.due(self.steps + 1):
+            self.capture.arm()
+        else:
+            self.capture.take()
 
     def step(self) -> Optional[dict]:
         """One real optimizer step has been taken."""
         self.steps += 1
-        every = self.options.every
-        if every and self.steps % every == 0 and self.in_window():
-            return self.check("step")
-        return None
+        reason = "step" if self.due(self.steps) else self.pending
+        self.pending = None
+        record = self.check(reason) if reason else None
+        self.arm_if_due()
+        return record
 
     def epoch_end(self) -> Optional[dict]:
-        if self.options.at_epoch_end and self.in_window():
+        if not (self.options.at_epoch_end and self.in_window(self.steps)):
+            return None
+        if self.capture is None:
             return self.check("epoch_end")
+        self.pending = "epoch_end"
+        self.arm_if_due()
         return None
+
+    def activation_scores(self) -> torch.Tensor:
+        """Scores of the captured batch, averaged over ranks so that every rank revives the same filters."""
+        mean_abs = self.capture.take()
+        if mean_abs is None:
+            raise RuntimeError(f"craft: the activation criterion found no training batch through "
+                               f"{self.layer.name}'s BatchNorm since the check was armed")
+        if self.world_size > 1 and distributed.is_initialized():
+            distributed.all_reduce(mean_abs)
+            mean_abs = mean_abs / self.world_size
+        return activation_scores(mean_abs).cpu()  # a check step: one sync, as for the weight
 
     def check(self, reason: str) -> dict:
         weight = self.layer.conv.weight.detach().float().cpu()
         norms = filter_norms(weight)
-        mask = inactive_mask(norms, self.criterion)
+        scores = self.activation_scores() if self.capture is not None else norms
+        mask = inactive_mask(scores, self.criterion)
         inactive = torch.nonzero(mask).view(-1)
-        revive = inactive[norms[inactive].argsort()][: self.options.max_revive].tolist()
+        revive = inactive[scores[inactive].argsort()][: self.options.max_revive].tolist()
         live = torch.nonzero(~mask).view(-1)
         record = {"step": self.steps, "reason": reason, "inactive": inactive.tolist(),
                   "fraction": len(inactive) / norms.numel(), "revived": revive,
@@ -126,9 +169,11 @@ class Reactivator:
 
     def state_dict(self) -> dict:
         return {"steps": self.steps, "generator": self.generator.get_state(),
-                "history": [dict(r) for r in self.history]}
+                "history": [dict(r) for r in self.history], "pending": self.pending}
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = int(state["steps"])
         self.generator.set_state(state["generator"])
         self.history = [dict(r) for r in state["history"]]
+        self.pending = state.get("pending") if self.capture is not None else None
+        self.arm_if_due()

@@ -1,15 +1,25 @@
-"""Inactive filters: per-filter L2 norms against a threshold.
+"""Inactive filters: by weight norm (``relative``, ``absolute``) or by activation (``activation``).
 
-norm_i = ||W_i||_2 over (in, kh, kw). ``absolute``: inactive when norm_i < threshold.
-``relative``: inactive when norm_i < threshold * ref, where ref is the median norm of the filters
-at or above the ``reference_quantile`` of the norms (the strong filters), so the rule does not
-depend on the layer's overall scale, which BatchNorm makes arbitrary.
+Weight criteria, norm_i = ||W_i||_2 over (in, kh, kw). ``absolute``: inactive when
+norm_i < threshold. ``relative``: inactive when norm_i < threshold * ref, where ref is the median
+norm of the filters at or above the ``reference_quantile`` of the norms (the strong filters), so
+the rule does not depend on the layer's overall scale, which BatchNorm makes arbitrary.
+
+``activation`` (ReDo: Sokar, Agarwal, Castro, Evci, "The Dormant Neuron Phenomenon in Deep
+Reinforcement Learning", ICML 2023): a_i = mean over the batch and positions of |y_i|, where y
+is the output of the BatchNorm that follows the conv (of the conv itself when none does) on a
+training batch; the score s_i = a_i / ((1/C) sum_j a_j) is relative to the layer mean, and the
+filter is inactive when s_i < threshold. The controller measures a_i on the batch of the step a
+check runs after (:mod:`craft_plugin.reactivation.capture`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+WEIGHT_CRITERIA = ("relative", "absolute")
+CRITERIA = WEIGHT_CRITERIA + ("activation",)
 
 
 @dataclass(frozen=True)
@@ -18,9 +28,15 @@ class Criterion:
     threshold: float = 0.1
     reference_quantile: float = 0.75
 
+    @property
+    def uses_activations(self) -> bool:
+        return self.mode == "activation"
+
     def describe(self) -> str:
         if self.mode == "absolute":
             return f"norm < {self.threshold:g}"
+        if self.mode == "activation":
+            return f"mean |BatchNorm output| < {self.threshold:g} x the layer's mean"
         return (f"norm < {self.threshold:g} x median norm of the filters above the "
                 f"{self.reference_quantile:g} quantile")
 
@@ -35,14 +51,22 @@ def reference_norm(norms: torch.Tensor, quantile: float) -> float:
     return float(ordered[int(quantile * (ordered.numel() - 1)):].median())
 
 
-def inactive_mask(norms: torch.Tensor, criterion: Criterion) -> torch.Tensor:
-    if criterion.mode == "absolute":
-        return norms < criterion.threshold
-    return norms < criterion.threshold * reference_norm(norms, criterion.reference_quantile)
+def activation_scores(mean_abs: torch.Tensor) -> torch.Tensor:
+    """s_i = a_i / mean_j a_j (all zero when the whole layer is silent)."""
+    return mean_abs / mean_abs.mean().clamp_min(torch.finfo(mean_abs.dtype).tiny)
+
+
+def inactive_mask(values: torch.Tensor, criterion: Criterion) -> torch.Tensor:
+    """``values``: filter norms for the weight criteria, :func:`activation_scores` for ``activation``."""
+    if criterion.mode in ("absolute", "activation"):
+        return values < criterion.threshold
+    return values < criterion.threshold * reference_norm(values, criterion.reference_quantile)
 
 
 def summarize(weight: torch.Tensor, criterion: Criterion) -> dict:
-    """Per-filter norms, inactive indices and fraction of a first-layer weight."""
+    """Per-filter norms, inactive indices and fraction of a first-layer weight (weight criteria)."""
+    if criterion.mode not in WEIGHT_CRITERIA:
+        raise ValueError(f"summarize reads weights only; criterion {criterion.mode!r} needs activations")
     norms = filter_norms(weight)
     inactive = torch.nonzero(inactive_mask(norms, criterion)).view(-1).tolist()
     return {"shape": list(weight.shape), "norms": [round(float(n), 6) for n in norms],

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 from craft_plugin.errors import ConfigError
+from craft_plugin.reactivation.detection import CRITERIA
 from craft_plugin.reactivation.strategies import STRATEGIES
 from craft_plugin.validation import boolean, integer, non_negative, number, one_of, positive
 
@@ -19,7 +20,7 @@ KEY = "reactivation"
 @dataclass(frozen=True)
 class ReactivationOptions:
     layer: Optional[str] = None          # module name; None = first Conv2d with 3 input channels
-    criterion: str = "relative"          # "relative" to the strong filters, or "absolute"
+    criterion: str = "relative"          # weight norm "relative" to the strong filters or "absolute"; "activation" (ReDo)
     threshold: float = 0.1               # inactive: norm < threshold (* reference norm if relative)
     reference_quantile: float = 0.75     # relative: reference = median norm of filters above this quantile
     every: int = 1000                    # check every N real optimizer steps (0 = never by steps)
@@ -36,9 +37,9 @@ class ReactivationOptions:
     def __post_init__(self) -> None:
         if self.layer is not None and not (isinstance(self.layer, str) and self.layer):
             raise ConfigError(f"{KEY}.layer", self.layer, "None or a module name")
-        one_of(f"{KEY}.criterion", self.criterion, ("relative", "absolute"))
-        if self.criterion == "relative":
-            number(f"{KEY}.threshold", self.threshold, lambda v: 0 < v < 1, "a number in (0, 1) when criterion is relative")
+        one_of(f"{KEY}.criterion", self.criterion, CRITERIA)
+        if self.criterion != "absolute":
+            number(f"{KEY}.threshold", self.threshold, lambda v: 0 < v < 1, f"a number in (0, 1) when criterion is {self.criterion}")
         positive(f"{KEY}.threshold", self.threshold)
         number(f"{KEY}.reference_quantile", self.reference_quantile, lambda v: 0 <= v < 1, "a number in [0, 1)")
         integer(f"{KEY}.every", self.every, 0)
