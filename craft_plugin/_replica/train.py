@@ -8,7 +8,9 @@ The order of operations and every hook call are those of the patched upstream sc
 is the unhooked upstream loop.
 
 Differences from upstream, all device plumbing: no CUDA; DDP (``broadcast_buffers=False``) only
-when a process group with more than one rank exists; AMP runs through ``torch.autocast`` on the
+when a process group with more than one rank exists, without upstream's ``fp16_compress_hook`` and
+static graph (backbone gradients are all-reduced in float32, so multi-process tests can compare
+runs to float32 rounding); AMP runs through ``torch.autocast`` on the
 tensors' device with ``torch.amp.GradScaler``; the mini-only ``cfg.stop_after_epoch`` ends the run
 after that epoch's checkpoint, as a job killed there would (no ``on_train_end``); no wandb, no
 per-step logging callback.
