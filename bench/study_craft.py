@@ -277,7 +277,7 @@ def main() -> None:
     parser.add_argument("--rec", help="a folder with train.rec/train.idx/property instead of synthetic data")
     parser.add_argument("--bin", help="verification pairs (.bin) for --rec")
     parser.add_argument("--jobs", type=int, help="parallel runs (default: 1 with --quick, else min(2, cores))")
-    parser.add_argument("--out", default="study_out")
+    parser.add_argument("--out", help="folder for study.json and the plot (default: a new temporary folder)")
     parser.add_argument("--write-docs", action="store_true", help="rewrite the study section of docs/craft.md")
     args = parser.parse_args()
     preset = QUICK if args.quick else FULL
@@ -291,7 +291,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     threads = 1  # a run of the mini net gains little from a 2nd thread, and OpenMP's spinning costs a lot on a busy machine
 
-    out = Path(args.out)
+    out = Path(args.out or tempfile.mkdtemp(prefix="study_craft_"))
     out.mkdir(parents=True, exist_ok=True)
     data = dataset(args, out)
     steps = data["num_image"] // args.batch_size * args.epochs

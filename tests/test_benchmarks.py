@@ -18,6 +18,7 @@ RUNS = {
     "reader": ["bench/bench_reader.py", "--records", "300", "--legacy-python", str(LEGACY_PYTHON)],
     "reshard": ["bench/bench_reshard.py", "--quick"],
     "lean_pfc": ["bench/bench_lean_pfc.py", "--quick"],
+    "study_craft": ["bench/study_craft.py", "--quick"],
 }
 
 
