@@ -14,13 +14,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import craft_plugin.plugin
 from craft_plugin.distributed import rank_and_world_size
 from craft_plugin.errors import ConfigError
 from craft_plugin.losses import build_margin_loss, default_parameters
 from craft_plugin.losses.norm_aware_pfc import norm_aware_partial_fc
 from craft_plugin.partial_fc.lean import lean_partial_fc
+from craft_plugin._replica.config import get_config
 from craft_plugin._replica.launch import run_distributed
 from craft_plugin._replica.partial_fc import PartialFC_V2
+from craft_plugin._replica.train import train as train_replica
 
 NAMES = ["adaface", "curricularface", "magface"]
 LABELS = torch.tensor([[2], [-1], [0], [4], [-1], [2]])
@@ -407,6 +410,23 @@ def test_adaface_through_the_lean_partial_fc_over_steps():
     for name in ("magface", "curricularface"):
         with pytest.raises(ConfigError, match="partial_fc"):
             lean_partial_fc(PartialFC_V2)(build_margin_loss(name), DIM, CLASSES, 1.0)
+
+
+def test_replica_training_resume_is_exact(tmp_path, preset="adaface"):
+    """The arcface_torch replica with the plugin and preset adaface: the averages go into the
+    checkpoint (readable with weights_only=True) and a run stopped after epoch 1 and resumed
+    continues exactly (CurricularFace's t: test_interrupted_and_resumed_equals_uninterrupted)."""
+    def cfg(path, **kw):
+        return get_config(str(path), num_epoch=2, rec="synthetic:16x4", num_classes=16, num_image=64,
+                          batch_size=8, save_all_states=True, num_workers=1, preset=preset, **kw)
+    whole = train_replica(cfg(tmp_path / "a"), plugins=[craft_plugin.plugin])
+    saved = torch.load(tmp_path / "a" / "checkpoint_gpu_0.pt", weights_only=True)["craft_plugin"]["margin_loss"]
+    assert saved.keys() == whole.partial_fc.margin_softmax.extra_state().keys()
+    train_replica(cfg(tmp_path / "b", stop_after_epoch=1), plugins=[craft_plugin.plugin])
+    resumed = train_replica(cfg(tmp_path / "b", resume=True), plugins=[craft_plugin.plugin])
+    assert resumed.losses == whole.losses[-len(resumed.losses):]
+    state = resumed.partial_fc.margin_softmax.extra_state()
+    assert all(torch.equal(state[k], whole.partial_fc.margin_softmax.extra_state()[k]) for k in state)
 
 
 def test_state_is_outside_partial_fc_state_dict_and_follows_the_module():
