@@ -20,6 +20,7 @@ taken from rank 0, which is also where upstream's ``model.pt`` comes from.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
@@ -69,10 +70,31 @@ def find_checkpoints(run_dir: Path) -> List[Path]:
     return [ranks[r] for r in range(len(ranks))]
 
 
-def load_checkpoint(path: Path, mmap: bool = False) -> dict:
-    """One upstream checkpoint, tensors only (``weights_only=True``); ``mmap`` reads lazily."""
+class UntrustedFileError(ValueError):
+    """A torch file holds objects other than tensors and plain containers: loading it would run
+    code from the file, so it is refused. The message names the file."""
+
+
+def load_weights(path, mmap: bool = False) -> object:
+    """The contents of a torch file (``model.pt``, a checkpoint) through ``torch.load`` with
+    ``weights_only=True``: tensors, numbers, strings and containers only. Every file the plugin
+    loads goes through here; a pickle referencing any other global (``os.system``,
+    ``pathlib.Path.touch``, a class) raises :class:`UntrustedFileError` before anything runs."""
     try:
-        checkpoint = torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL (\S+)", str(exc)) or re.search(r"WeightsUnpickler error: ([^\n]+)", str(exc))
+        reason = found.group(1) if found else type(exc).__name__
+        raise UntrustedFileError(f"{path}: refused: it holds objects other than tensors and plain containers, "
+                                 f"which loading would execute (it references {reason})") from exc
+
+
+def load_checkpoint(path: Path, mmap: bool = False) -> dict:
+    """One upstream checkpoint, tensors only (:func:`load_weights`); ``mmap`` reads lazily."""
+    try:
+        checkpoint = load_weights(path, mmap=mmap)
+    except UntrustedFileError:
+        raise
     except Exception as exc:  # a truncated or foreign file: say which, keep the reason
         raise CheckpointSetError(f"{path}: not a readable torch checkpoint ({exc})") from exc
     if not isinstance(checkpoint, dict) or any(key not in checkpoint for key in REQUIRED_KEYS):

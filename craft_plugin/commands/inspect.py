@@ -14,6 +14,7 @@ from typing import Tuple
 import cv2
 import torch
 
+from craft_plugin.checkpoints import load_weights
 from craft_plugin.cli import print_json
 from craft_plugin.reactivation.detection import Criterion, summarize
 from craft_plugin.reactivation.grid import filter_grid
@@ -40,7 +41,7 @@ def first_conv_weight(path: Path) -> Tuple[str, torch.Tensor]:
 
         tensors = [(t.name, torch.from_numpy(numpy_helper.to_array(t).copy())) for t in onnx.load(str(path)).graph.initializer]
     else:
-        state = torch.load(str(path), map_location="cpu", weights_only=False)
+        state = load_weights(path)
         if isinstance(state, dict) and "state_dict_backbone" in state:
             state = state["state_dict_backbone"]
         if not isinstance(state, dict):

@@ -8,7 +8,8 @@ files; numpy HWC RGB uint8 images in others). Old files are Python 2 pickles, re
 Unpickling is restricted: only builtin containers/scalars and the numpy reconstruction functions
 (``numpy.core.multiarray._reconstruct`` / ``numpy._core.multiarray._reconstruct``,
 ``numpy.ndarray``, ``numpy.dtype``, ``numpy.core.multiarray.scalar``) are admitted; any other global
-raises :class:`pickle.UnpicklingError` naming it. A ``.bin`` from the internet cannot run code.
+raises :class:`pickle.UnpicklingError` naming it and the file. A ``.bin`` from the internet cannot run code;
+an empty or truncated one raises ``ValueError`` naming the file.
 """
 from __future__ import annotations
 
@@ -33,20 +34,36 @@ ALLOWED_GLOBALS = {
 }
 
 
+class RefusedGlobal(pickle.UnpicklingError):
+    """The pickle references a global outside ``ALLOWED_GLOBALS``."""
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) not in ALLOWED_GLOBALS:
-            raise pickle.UnpicklingError(f"a .bin may not reference {module}.{name}")
+            raise RefusedGlobal(f"a .bin may not reference {module}.{name}")
         return super().find_class(module, name)
 
 
 def read_bin_pairs(path: str) -> Tuple[list, List[bool]]:
     """``(bins, issame_list)`` from a ``.bin``, checked for shape."""
     raw = Path(path).read_bytes()
+    if not raw:
+        raise ValueError(f"{path}: empty file (0 bytes), not a .bin verification set")
     try:
-        bins, issame = RestrictedUnpickler(io.BytesIO(raw)).load()
-    except UnicodeDecodeError:
-        bins, issame = RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        try:
+            loaded = RestrictedUnpickler(io.BytesIO(raw)).load()
+        except UnicodeDecodeError:
+            loaded = RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
+    except RefusedGlobal as exc:
+        raise RefusedGlobal(f"{path}: refused: {exc}") from exc
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as exc:
+        raise ValueError(f"{path}: truncated or not a .bin verification set ({len(raw)} bytes): "
+                         f"{type(exc).__name__}: {exc}") from exc
+    if not (isinstance(loaded, tuple) and len(loaded) == 2):
+        raise ValueError(f"{path}: not a .bin verification set: expected a pickled (bins, issame_list), "
+                         f"found {type(loaded).__name__}")
+    bins, issame = loaded
     if len(bins) != 2 * len(issame):
         raise ValueError(f"{path}: {len(bins)} images for {len(issame)} pairs (expected twice as many)")
     return list(bins), [bool(x) for x in issame]
