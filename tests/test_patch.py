@@ -157,9 +157,10 @@ def test_bytes_outside_the_hunks_survive_apply_and_revert(tmp_path):
     assert digest(root) == original
 
 
-def test_a_plugin_that_fails_to_import_is_skipped(monkeypatch, caplog):
+def test_a_plugin_that_fails_to_import_is_skipped_only_when_optional(monkeypatch, caplog):
     class BrokenEntryPoint:
         name = "broken"
+        value = "broken_plugin:module"
 
         def load(self):
             raise AttributeError("module 'numpy' has no attribute 'bool'")
@@ -169,6 +170,10 @@ def test_a_plugin_that_fails_to_import_is_skipped(monkeypatch, caplog):
             return [BrokenEntryPoint()] if group == "arcface_torch.plugins" else []
 
     monkeypatch.setattr(plugin_hooks.importlib.metadata, "entry_points", lambda: EntryPoints())
+    monkeypatch.delenv(plugin_hooks.OPTIONAL_ENV, raising=False)
+    with pytest.raises(ImportError, match="plugin 'broken' .* AttributeError: module 'numpy'"):
+        plugin_hooks.load_plugins()
+    monkeypatch.setenv(plugin_hooks.OPTIONAL_ENV, "1")
     assert plugin_hooks.load_plugins() == []
-    assert "arcface_torch plugin 'broken' not loaded" in caplog.text
+    assert "arcface_torch plugin 'broken' (broken_plugin:module) cannot be imported" in caplog.text
     assert plugin_hooks.plugin_filter("config", "cfg", plugins=[]) == "cfg"

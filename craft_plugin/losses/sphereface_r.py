@@ -11,8 +11,11 @@ Feature normalisation (``norm``):
   none: logits = ||x|| * (...);       loss = lw * CE
   soft: logits = ||x|| * (...);       loss = lw * CE / s + t * mean_i | ||x_i|| - s |
 Margin schedule: m_eff = m + dm * (number of entries of ``steps`` already passed), counted in
-real optimizer steps. Defaults: s=30, m=1.5, lw=50, t=0.01 (the authors' OpenSphere settings);
-dm=0 and no steps (a fixed margin) are our defaults for "none" and "soft".
+real optimizer steps. Defaults: s=30, m=1.5, t=0.01 (the authors' OpenSphere settings); lw per norm
+as OpenSphere's heads (ydwen/opensphere, model/head/spherefacer.py: SphereFaceR_H and SphereFaceR_S
+lw=50, SphereFaceR_N lw=1), see ``LW_DEFAULTS``. OpenSphere's "none"/"soft" heads start at m=1 and
+grow it by dm at each of ``steps``; with no steps that is no margin at all, so we keep m=1.5, dm=0 and
+no steps (a fixed margin) as defaults for every norm.
 """
 from __future__ import annotations
 
@@ -28,6 +31,9 @@ from craft_plugin.validation import boolean, in_range, integer, non_negative, on
 
 MAGNITUDES = ("v0", "v1", "v2")
 NORMS = ("hard", "none", "soft")
+# the loss weight when margin_loss.lw is not given: "none" leaves the CE unscaled by 1/s, so a weight
+# of 50 would make it 50x the hard loss (OpenSphere's SphereFaceR_N uses 1)
+LW_DEFAULTS = {"hard": 50.0, "none": 1.0, "soft": 50.0}
 
 
 def psi(theta: torch.Tensor, m: float, magnitude: str) -> torch.Tensor:
@@ -45,7 +51,7 @@ class SphereFaceR(MarginLoss):
               "OpenSphere config")
 
     def __init__(self, s: float = 30.0, m: float = 1.5, magnitude: str = "v0", norm: str = "hard",
-                 detach: bool = True, lw: float = 50.0, t: float = 0.01, dm: float = 0.0,
+                 detach: bool = True, lw: Optional[float] = None, t: float = 0.01, dm: float = 0.0,
                  steps: Sequence[int] = ()):
         super().__init__(s)
         if not isinstance(steps, (list, tuple)):
@@ -54,7 +60,7 @@ class SphereFaceR(MarginLoss):
         self.magnitude = one_of("margin_loss.magnitude", magnitude, MAGNITUDES)
         self.norm = one_of("margin_loss.norm", norm, NORMS)
         self.detach = boolean("margin_loss.detach", detach)
-        self.lw = positive("margin_loss.lw", lw)
+        self.lw = positive("margin_loss.lw", LW_DEFAULTS[self.norm] if lw is None else lw)
         self.t = non_negative("margin_loss.t", t)
         self.dm = non_negative("margin_loss.dm", dm)
         self.steps = sorted(integer(f"margin_loss.steps[{i}]", x, 0) for i, x in enumerate(steps))
