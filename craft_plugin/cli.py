@@ -1,15 +1,25 @@
 """The ``craft-plugin`` command line. Each verb lives in its own module under
-:mod:`craft_plugin.commands` with ``add_parser(subparsers)`` and ``run(args) -> int``."""
+:mod:`craft_plugin.commands` with ``add_parser(subparsers)`` and ``run(args) -> int``. Command
+modules import only the standard library and this module at import time (torch, cv2 and numpy are
+imported in ``run``), so that ``craft-plugin --help`` and parse errors stay fast.
+
+Conventions every verb follows: with ``--json`` stdout is exactly one JSON document and human text
+goes to stderr; a user error is one line on stderr naming the argument or file and what is allowed,
+with exit status 2 (raise :class:`UsageError`, or return 2 after printing it)."""
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
 import sys
-from typing import List, Optional
+from pathlib import Path
+from typing import List, Optional, TextIO
 
-# verb -> module; modules are imported on use so `craft-plugin --help` stays fast
+from craft_plugin.errors import ConfigError
+
+# verb -> module
 COMMANDS = {
+    "bin": "craft_plugin.commands.bin",
     "demo": "craft_plugin.commands.demo",
     "export": "craft_plugin.commands.export",
     "inspect": "craft_plugin.commands.inspect",
@@ -20,26 +30,52 @@ COMMANDS = {
 }
 
 
+class UsageError(ValueError):
+    """A bad argument or input file; the message names it and says what is allowed."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``craft-plugin VERB: error: ...`` on stderr, exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def print_json(obj: object) -> None:
-    """Print ``obj`` as one JSON object on one line (the last line of a ``--json`` command)."""
+    """Print ``obj`` as the one JSON document of a ``--json`` command's stdout."""
     print(json.dumps(obj, sort_keys=True, default=str), flush=True)
 
 
+def human(args: argparse.Namespace) -> TextIO:
+    """Where a verb's human-readable report goes: stderr under ``--json``, else stdout."""
+    return sys.stderr if getattr(args, "json", False) else sys.stdout
+
+
+def output_path(argument: str, value: str) -> Path:
+    """``value`` as a path to write; its folder must exist (a typo must not go unnoticed)."""
+    path = Path(value)
+    if not path.parent.is_dir():
+        raise UsageError(f"{argument} {value}: the folder {path.parent} does not exist; create it first")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="craft-plugin",
-        description="CRAFT, SphereFace-R/ElasticFace and an mxnet-free reader for arcface_torch")
+    parser = Parser(prog="craft-plugin",
+                    description="CRAFT, margin losses through Partial FC and an mxnet-free reader for arcface_torch")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(module_name)
-        module.add_parser(sub)
+    for module_name in COMMANDS.values():
+        importlib.import_module(module_name).add_parser(sub)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except (UsageError, ConfigError) as exc:
+        print(f"craft-plugin {args.command}: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

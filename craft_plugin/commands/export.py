@@ -20,9 +20,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Tuple
 
-import torch
-
-from craft_plugin.cli import print_json
+from craft_plugin.cli import output_path, print_json
 
 OPSET = 11                      # torch2onnx.py's opset
 INPUT_SIZE = 112                # arcface_torch's aligned crops
@@ -105,6 +103,8 @@ def network_factory(args: argparse.Namespace) -> Tuple[Callable, str, int, str]:
 
 def load_backbone_state(path: Path) -> dict:
     """The backbone state_dict of a model.pt, a folder with one, or an arcface_torch checkpoint."""
+    import torch
+
     if path.is_dir():
         path = path / "model.pt"
     if not path.is_file():
@@ -132,6 +132,8 @@ def build_network(factory: Callable, network: str, embedding_size: int, state: d
 
 def export_onnx(net: torch.nn.Module, path: Path, opset: int) -> None:
     """torch2onnx.py's export, with the batch dimension of input and output dynamic."""
+    import torch
+
     example = torch.rand(1, 3, INPUT_SIZE, INPUT_SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
     with warnings.catch_warnings():
         # opset 11 needs the TorchScript exporter (the dynamo exporter starts at opset 18)
@@ -144,6 +146,7 @@ def export_onnx(net: torch.nn.Module, path: Path, opset: int) -> None:
 def check_with_onnxruntime(net: torch.nn.Module, path: Path, batch: int) -> dict:
     """Run the export and the PyTorch network on one batch; the differences."""
     import onnxruntime
+    import torch
 
     images = torch.rand(batch, 3, INPUT_SIZE, INPUT_SIZE, generator=torch.Generator().manual_seed(1)) * 2 - 1
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -156,7 +159,7 @@ def check_with_onnxruntime(net: torch.nn.Module, path: Path, batch: int) -> dict
 
 
 def run(args: argparse.Namespace) -> int:
-    model, out = Path(args.model), Path(args.out)
+    model, out = Path(args.model), output_path("OUT", args.out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         # stdout is for the JSON summary alone: whatever the user's network code prints goes to stderr

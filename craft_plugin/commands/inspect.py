@@ -3,74 +3,110 @@
 ``checkpoint_gpu_*.pt`` (its ``state_dict_backbone``) or an ``.onnx`` export (its initializers),
 under CRAFT's criterion; writes a PNG of the filters. In an ONNX export of an eval-mode model
 the exporter usually folds BatchNorm into the convolution, so its norms are those of the folded
-filters (an inactive filter stays near zero)."""
+filters (an inactive filter stays near zero). ``--criterion``, ``--threshold`` and
+``--reference-quantile`` default to and are validated as ``config.reactivation``'s."""
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Tuple
+from typing import Any, Tuple
 
-import cv2
-import torch
+from craft_plugin.cli import UsageError, human, output_path, print_json
 
-from craft_plugin.checkpoints import load_weights
-from craft_plugin.cli import print_json
-from craft_plugin.reactivation.detection import Criterion, summarize
-from craft_plugin.reactivation.grid import filter_grid
-from craft_plugin.reactivation.options import ReactivationOptions
+OPTIONS = ("criterion", "threshold", "reference_quantile")   # the config.reactivation options inspect takes
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    defaults = ReactivationOptions()
     p = sub.add_parser("inspect", help="first-layer filter norms and inactive fraction of a model", description=__doc__)
     p.add_argument("model", help="model.pt, checkpoint_gpu_N.pt or .onnx")
-    p.add_argument("--criterion", choices=("relative", "absolute"), default=defaults.criterion)
-    p.add_argument("--threshold", type=float, default=defaults.threshold)
-    p.add_argument("--reference-quantile", type=float, default=defaults.reference_quantile)
+    p.add_argument("--criterion", choices=("relative", "absolute"), help="default: config.reactivation's")
+    p.add_argument("--threshold", type=float, help="default: config.reactivation's")
+    p.add_argument("--reference-quantile", type=float, help="default: config.reactivation's")
     p.add_argument("--png", help="filter-grid PNG path (default: MODEL with _conv1.png)")
-    p.add_argument("--json", action="store_true", help="one JSON object on the last line")
+    p.add_argument("--json", action="store_true", help="print only one JSON document on stdout")
     p.set_defaults(run=run)
 
 
-def first_conv_weight(path: Path) -> Tuple[str, torch.Tensor]:
-    """``(name, weight)`` of the first 4-D weight with 3 input channels, in file order."""
-    if path.suffix == ".onnx":
-        import onnx
-        from onnx import numpy_helper
+def criterion_options(args: argparse.Namespace) -> Any:
+    """The given options through ``config.reactivation``'s validation; errors name the argument."""
+    from craft_plugin.errors import ConfigError
+    from craft_plugin.reactivation.options import parse_options
 
-        tensors = [(t.name, torch.from_numpy(numpy_helper.to_array(t).copy())) for t in onnx.load(str(path)).graph.initializer]
-    else:
+    given = {name: getattr(args, name) for name in OPTIONS if getattr(args, name) is not None}
+    try:
+        return parse_options(given)
+    except ConfigError as exc:
+        option = exc.key.rsplit(".", 1)[-1]
+        raise UsageError(f"--{option.replace('_', '-')} {exc.value!r} is not allowed: expected {exc.allowed} "
+                         f"(as config.reactivation.{option})") from exc
+
+
+def read_tensors(path: Path) -> list:
+    """``[(name, tensor)]`` of a torch file or an ONNX model, in file order."""
+    import torch
+
+    from craft_plugin.checkpoints import UntrustedFileError, load_weights
+
+    if not path.is_file():
+        raise UsageError(f"MODEL {path}: no such file")
+    if path.suffix == ".onnx":
+        try:
+            import onnx
+            from onnx import numpy_helper
+        except ImportError as exc:
+            raise UsageError(f"MODEL {path}: reading .onnx needs the onnx package: "
+                             f"pip install 'craft-plugin[onnx]'") from exc
+        try:
+            graph = onnx.load(str(path)).graph
+        except Exception as exc:  # onnx raises DecodeError and others for a foreign file: name the file
+            raise UsageError(f"MODEL {path}: not a readable ONNX model ({exc})") from exc
+        return [(t.name, torch.from_numpy(numpy_helper.to_array(t).copy())) for t in graph.initializer]
+    try:
         state = load_weights(path)
-        if isinstance(state, dict) and "state_dict_backbone" in state:
-            state = state["state_dict_backbone"]
-        if not isinstance(state, dict):
-            raise ValueError(f"{path}: expected a state_dict or an arcface_torch checkpoint, got {type(state).__name__}")
-        tensors = [(k, v) for k, v in state.items() if torch.is_tensor(v)]
-    for name, tensor in tensors:
+    except UntrustedFileError as exc:
+        raise UsageError(f"MODEL {exc}") from exc
+    except Exception as exc:  # an image, a .rec, a truncated file: torch raises several types
+        raise UsageError(f"MODEL {path}: not a torch file (model.pt, checkpoint_gpu_N.pt) or an .onnx "
+                         f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    if isinstance(state, dict) and "state_dict_backbone" in state:
+        state = state["state_dict_backbone"]
+    if not isinstance(state, dict):
+        raise UsageError(f"MODEL {path}: expected a state_dict or an arcface_torch checkpoint, got {type(state).__name__}")
+    return [(k, v) for k, v in state.items() if torch.is_tensor(v)]
+
+
+def first_conv_weight(path: Path) -> Tuple[str, Any]:
+    """``(name, weight)`` of the first 4-D weight with 3 input channels, in file order."""
+    for name, tensor in read_tensors(path):
         if tensor.dim() == 4 and tensor.size(1) == 3:
             name = name.replace("module.", "", 1)
             return (name[: -len(".weight")] if name.endswith(".weight") else name), tensor.float()
-    raise LookupError(f"{path}: no convolution with 3 input channels (a 4-D weight of shape (out, 3, kh, kw)); "
-                      f"this does not look like an image backbone")
+    raise UsageError(f"MODEL {path}: no convolution with 3 input channels (a 4-D weight of shape (out, 3, kh, kw)); "
+                     f"this does not look like an image backbone")
 
 
 def run(args: argparse.Namespace) -> int:
+    import cv2
+
+    from craft_plugin.reactivation.detection import Criterion, summarize
+    from craft_plugin.reactivation.grid import filter_grid
+
+    options = criterion_options(args)
     path = Path(args.model)
-    try:
-        name, weight = first_conv_weight(path)
-    except (LookupError, ValueError, FileNotFoundError) as exc:
-        print(f"craft-plugin inspect: {exc}", file=sys.stderr)
-        return 2
-    facts = summarize(weight, Criterion(args.criterion, args.threshold, args.reference_quantile))
-    png = Path(args.png) if args.png else path.with_name(path.stem + "_conv1.png")
-    cv2.imwrite(str(png), cv2.cvtColor(filter_grid(weight), cv2.COLOR_RGB2BGR))
+    png = output_path("--png", args.png) if args.png else path.with_name(path.stem + "_conv1.png")
+    name, weight = first_conv_weight(path)
+    facts = summarize(weight, Criterion(options.criterion, options.threshold, options.reference_quantile))
+    if not cv2.imwrite(str(png), cv2.cvtColor(filter_grid(weight, facts["inactive"]), cv2.COLOR_RGB2BGR)):
+        raise UsageError(f"--png {png}: could not write the PNG there")
     facts.update({"model": str(path), "layer": name, "png": str(png)})
-    print(f"{path}: layer {name} {tuple(weight.shape)}")
-    print(f"criterion: {facts['criterion']}")
-    print(f"inactive: {len(facts['inactive'])}/{weight.size(0)} ({100 * facts['fraction']:.1f}%) {facts['inactive']}")
-    print("norms: " + " ".join(f"{n:.3g}" for n in facts["norms"]))
-    print(f"filter grid: {png}")
     if args.json:
         print_json(facts)
+        return 0
+    out = human(args)
+    print(f"{path}: layer {name} {tuple(weight.shape)}", file=out)
+    print(f"criterion: {facts['criterion']}", file=out)
+    print(f"inactive: {len(facts['inactive'])}/{weight.size(0)} ({100 * facts['fraction']:.1f}%) {facts['inactive']}",
+          file=out)
+    print("norms: " + " ".join(f"{n:.3g}" for n in facts["norms"]), file=out)
+    print(f"filter grid: {png}", file=out)
     return 0

@@ -5,21 +5,25 @@ from __future__ import annotations
 import argparse
 
 from craft_plugin.cli import print_json
-from craft_plugin.losses import MARGIN_LOSSES, default_parameters
-from craft_plugin.presets import PRESETS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("presets", help="list presets (config.preset) and margin losses (config.margin_loss)",
                        description=__doc__)
-    p.add_argument("--json", action="store_true", help="one JSON object on the last line")
+    p.add_argument("--json", action="store_true", help="print only one JSON document on stdout")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from craft_plugin.losses import MARGIN_LOSSES, default_parameters
+    from craft_plugin.presets import PRESETS
+
     presets = {name: {"values": PRESETS.get(name).values, "source": PRESETS.get(name).source}
                for name in PRESETS.names()}
     losses = {name: default_parameters(name) for name in MARGIN_LOSSES.names()}
+    if args.json:
+        print_json({"presets": presets, "margin_losses": losses})
+        return 0
     print("presets (config.preset = NAME):")
     for name, info in presets.items():
         print(f"  {name:<28} {info['values']}")
@@ -27,6 +31,4 @@ def run(args: argparse.Namespace) -> int:
     print("\nmargin losses (config.margin_loss = NAME or {'name': NAME, ...}):")
     for name, params in losses.items():
         print(f"  {name:<28} {params}")
-    if args.json:
-        print_json({"presets": presets, "margin_losses": losses})
     return 0

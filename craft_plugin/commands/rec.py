@@ -1,72 +1,141 @@
 """``craft-plugin rec``: facts about (``info``), integrity of (``verify``) and packing of
-(``pack``) arcface_torch ``.rec``/``.idx`` datasets, without mxnet."""
+(``pack``) arcface_torch ``.rec``/``.idx`` datasets, without mxnet. ``info`` also checks the index
+against the file (an offset past the end, a truncated last record); ``pack`` writes
+``train.rec``/``train.idx``/``property`` and ``labels.tsv`` (label, identity folder) into OUT."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
+from typing import List
 
-from craft_plugin.cli import print_json
-from craft_plugin.errors import RecordError
+from craft_plugin.cli import UsageError, human, output_path, print_json
+
+LABELS = "labels.tsv"   # the identity-to-label mapping pack writes beside the dataset
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rec", help="info / verify / pack .rec datasets", description=__doc__)
     verbs = p.add_subparsers(dest="rec_command", metavar="VERB")
     verbs.required = True
-    for name, help_text in (("info", "records, images, identities, image size, label layout"),
-                            ("verify", "read and decode every record; non-zero exit if any is corrupt")):
-        v = verbs.add_parser(name, help=help_text)
+    for name, help_text, runner in (("info", "records, images, identities, image size, label layout; "
+                                             "the index checked against the file", run_info),
+                                    ("verify", "read and decode every record; exit 1 if any is corrupt", run_verify)):
+        v = verbs.add_parser(name, help=help_text, description=help_text)
         v.add_argument("path", help="a dataset folder (train.rec + train.idx) or a .rec file")
-        v.add_argument("--json", action="store_true", help="one JSON object on the last line")
-        v.set_defaults(run=run_info if name == "info" else run_verify)
-    v = verbs.add_parser("pack", help="pack IMAGE_FOLDER (one sub-folder per identity) into OUT")
-    v.add_argument("folder")
-    v.add_argument("out")
+        v.add_argument("--json", action="store_true", help="print only one JSON document on stdout")
+        v.set_defaults(run=runner)
+    v = verbs.add_parser("pack", help="pack FOLDER (one sub-folder of images per identity) into OUT",
+                         description=__doc__)
+    v.add_argument("folder", help="one sub-folder per identity; labels follow the sorted folder names")
+    v.add_argument("out", help="output folder (new or empty)")
+    v.add_argument("--force", action="store_true", help="write into OUT even if it is not empty")
     v.set_defaults(run=run_pack)
+
+
+def open_dataset(path: str):
+    from craft_plugin.data.inventory import open_records
+    from craft_plugin.errors import RecordError
+
+    if not Path(path).exists():
+        raise UsageError(f"PATH {path}: no such file or folder")
+    if Path(path).suffix == ".bin":
+        raise UsageError(f"PATH {path}: a .bin verification set; use craft-plugin bin info/verify")
+    try:
+        return open_records(path)
+    except (RecordError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def index_problems(records) -> List[str]:
+    """What the ``.idx`` promises and the ``.rec`` does not hold: offsets past the end, and the
+    record at the largest offset (the one a truncated copy loses first) cut short."""
+    from craft_plugin.errors import RecordError
+
+    problems = []
+    past = records.offsets >= records.size
+    if past.any():
+        problems.append(f"{int(past.sum())} of {len(records)} index entries point past the end of "
+                        f"{records.rec_path} ({records.size} bytes), from key {int(records.keys[past].min())}: "
+                        f"the .rec is truncated or the .idx belongs to another file")
+    inside = records.offsets[~past]
+    if inside.size:
+        try:
+            records.read_at(int(inside.max()))
+        except RecordError as exc:
+            problems.append(f"the last record (byte offset {exc.offset}): {exc.problem}")
+    return problems
 
 
 def run_info(args: argparse.Namespace) -> int:
     from craft_plugin.data.inventory import info
+    from craft_plugin.errors import RecordError
 
+    records = open_dataset(args.path)
+    problems = index_problems(records)
     try:
         facts = info(args.path)
     except (RecordError, ValueError) as exc:
-        print(f"craft-plugin rec info: {exc}", file=sys.stderr)
-        return 2
-    for key, value in facts.items():
-        print(f"{key:<12} {value}")
+        if not problems:
+            raise UsageError(str(exc)) from exc
+        facts = {"rec": records.rec_path, "idx": records.idx_path, "records": len(records), "file_bytes": records.size}
+    facts["index_problems"] = problems
     if args.json:
         print_json(facts)
-    return 0
+    else:
+        for key, value in facts.items():
+            if key != "index_problems":
+                print(f"{key:<12} {value}")
+        for problem in problems:
+            print(f"problem: {problem}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def run_verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from craft_plugin.data.inventory import open_records, verify
+    from craft_plugin.data.inventory import verify
 
-    try:
-        total = len(open_records(args.path))
-        bad = [r for r in tqdm(verify(args.path), total=total, desc="verify", unit="rec") if r["problem"]]
-    except (RecordError, ValueError) as exc:
-        print(f"craft-plugin rec verify: {exc}", file=sys.stderr)
-        return 2
-    for record in bad:
-        print(f"corrupt record {record['key']} at byte offset {record['offset']}: {record['problem']}")
-    print(f"{total} records, {len(bad)} corrupt")
+    total = len(open_dataset(args.path))
+    out = human(args)
+    bad = []
+    with tqdm(total=total, desc="verify", unit="rec", file=sys.stderr) as bar:
+        for record in verify(args.path):
+            bar.update(1)
+            if record["problem"]:
+                bad.append(record)
+                bar.write(f"corrupt record {record['key']} at byte offset {record['offset']}: {record['problem']}",
+                          file=out)
+    print(f"{total} records, {len(bad)} corrupt", file=out)
     if args.json:
         print_json({"path": args.path, "records": total, "corrupt": bad})
     return 1 if bad else 0
 
 
 def run_pack(args: argparse.Namespace) -> int:
-    from craft_plugin.data.inventory import folder_images
+    from tqdm import tqdm
+
+    from craft_plugin.data.inventory import folder_images, identity_files
     from craft_plugin.data.writer import write_rec
 
+    out = output_path("OUT", args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"OUT {out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not args.force:
+        raise UsageError(f"OUT {out}: not empty; give a new or empty folder, or --force to write into it")
     try:
-        out = write_rec(args.out, folder_images(args.folder))
+        identities = identity_files(args.folder)
+    except ValueError as exc:
+        raise UsageError(f"FOLDER {exc}") from exc
+    total = sum(len(files) for _, files in identities)
+    try:
+        write_rec(out, tqdm(folder_images(identities), total=total, desc="pack", unit="img", file=sys.stderr))
     except (ValueError, OSError) as exc:
-        print(f"craft-plugin rec pack: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}/train.rec, train.idx, property")
+        raise UsageError(str(exc)) from exc
+    tmp = out / f".{LABELS}.tmp-{os.getpid()}"
+    tmp.write_text("label\tidentity\n" + "".join(f"{label}\t{folder.name}\n"
+                                                 for label, (folder, _) in enumerate(identities)), encoding="utf-8")
+    os.replace(tmp, out / LABELS)
+    print(f"wrote {out}/train.rec, train.idx, property, {LABELS}: {total} images of {len(identities)} identities")
     return 0

@@ -10,9 +10,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from craft_plugin.checkpoints import (CHECKPOINT_PATTERN, FC_WEIGHT, CheckpointSetError, atomic_save_all,
-                                      checkpoint_name, class_split, fc_optimizer_state, merge_run,
-                                      per_class_keys, split)
 from craft_plugin.cli import print_json
 
 # what every output rank gets from source rank 0, for the summary
@@ -35,6 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def out_paths(args: argparse.Namespace) -> list:
     """The files to write; refuses an output folder that already holds checkpoints (a mixed set)."""
+    from craft_plugin.checkpoints import CHECKPOINT_PATTERN, CheckpointSetError, checkpoint_name
+
     out = Path(args.out)
     if args.merge:
         if out.is_dir():
@@ -53,6 +52,9 @@ def out_paths(args: argparse.Namespace) -> list:
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
+
+    from craft_plugin.checkpoints import (FC_WEIGHT, CheckpointSetError, atomic_save_all, class_split,
+                                          fc_optimizer_state, merge_run, per_class_keys, split)
 
     try:
         paths = out_paths(args)

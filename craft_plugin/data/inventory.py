@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Iterator, List, Union
+from typing import Dict, Iterator, List, Tuple, Union
 
 from craft_plugin.data.dataset import image_keys, insightface_header
 from craft_plugin.data.recordio import RecordFile, unpack
@@ -36,33 +36,47 @@ def info(path: Union[str, Path]) -> Dict:
 
 
 def verify(path: Union[str, Path]) -> Iterator[Dict]:
-    """Yields one dict per record: ``{"key", "offset", "problem"}`` (``problem`` None when fine)."""
+    """Yields one dict per record: ``{"key", "offset", "problem"}`` (``problem`` None when fine;
+    it does not repeat the key or offset)."""
     records = open_records(path)
     images = set(image_keys(records).tolist())
     for key, offset in zip(records.keys.tolist(), records.offsets.tolist()):
         problem = None
         try:
-            header, body = unpack(records.read_at(offset)[0], f"record {key}")
+            header, body = unpack(records.read_at(offset)[0], "the record")
             if key in images:
-                decode_rgb(body, f"record {key}")
-        except (RecordError, ValueError) as exc:
+                decode_rgb(body, "the image")
+        except RecordError as exc:
+            problem = exc.problem
+        except ValueError as exc:
             problem = str(exc)
         yield {"key": key, "offset": offset, "problem": problem}
 
 
-def identity_folders(folder: Union[str, Path]) -> List[Path]:
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp"}
+
+
+def identity_files(folder: Union[str, Path]) -> List[Tuple[Path, List[Path]]]:
+    """``[(identity folder, its image files)]`` in sorted order; label = position in the list.
+    A folder without sub-folders, or an identity folder without images, is refused (naming it):
+    dropping it would shift every later label."""
+    if not Path(folder).is_dir():
+        raise ValueError(f"{folder}: no such folder")
     subdirs = sorted(p for p in Path(folder).iterdir() if p.is_dir())
     if not subdirs:
         raise ValueError(f"{folder}: expected one sub-folder per identity, found none")
-    return subdirs
+    identities = [(sub, sorted(f for f in sub.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)) for sub in subdirs]
+    empty = [str(sub) for sub, files in identities if not files]
+    if empty:
+        raise ValueError(f"identity folders without images ({', '.join(sorted(IMAGE_EXTENSIONS))}): {empty[:5]}"
+                         f"{f' and {len(empty) - 5} more' if len(empty) > 5 else ''}; remove them or add images")
+    return identities
 
 
-def folder_images(folder: Union[str, Path]) -> Iterator:
-    """``(encoded bytes, label)`` for every image file, identities in sorted folder order."""
-    exts = {".jpg", ".jpeg", ".png", ".bmp"}
-    for label, sub in enumerate(identity_folders(folder)):
-        for file in sorted(sub.iterdir()):
-            if file.suffix.lower() in exts:
-                data = file.read_bytes()
-                decode_rgb(data, str(file))
-                yield data, label
+def folder_images(identities: List[Tuple[Path, List[Path]]]) -> Iterator[Tuple[bytes, int]]:
+    """``(encoded bytes, label)`` for every image of :func:`identity_files`' list, each checked to decode."""
+    for label, (_, files) in enumerate(identities):
+        for file in files:
+            data = file.read_bytes()
+            decode_rgb(data, str(file))
+            yield data, label

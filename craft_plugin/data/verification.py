@@ -60,6 +60,14 @@ def embed(data: torch.Tensor, backbone: torch.nn.Module, batch_size: int) -> np.
 def test(data_set: Tuple[List[torch.Tensor], List[bool]], backbone: torch.nn.Module,
          batch_size: int = 10, nfolds: int = 10) -> Tuple[float, float, float]:
     """``(accuracy mean, accuracy std, mean embedding norm)`` of ``backbone`` on a loaded ``.bin``."""
+    accuracy, xnorm = fold_accuracy(data_set, backbone, batch_size, nfolds)
+    return float(accuracy.mean()), float(accuracy.std()), xnorm
+
+
+def fold_accuracy(data_set: Tuple[List[torch.Tensor], List[bool]], backbone: torch.nn.Module,
+                  batch_size: int = 10, nfolds: int = 10) -> Tuple[np.ndarray, float]:
+    """``(per-fold accuracy, mean embedding norm)``: the folds are fixed by the pair order, so two
+    backbones scored on one ``.bin`` can be compared fold by fold (paired)."""
     data_list, issame_list = data_set
     per_view = [embed(data, backbone, batch_size) for data in data_list]
     xnorm = float(np.mean([np.linalg.norm(e, axis=1).mean() for e in per_view]))
@@ -68,8 +76,7 @@ def test(data_set: Tuple[List[torch.Tensor], List[bool]], backbone: torch.nn.Mod
     dist = np.sum((emb[0::2] - emb[1::2]) ** 2, axis=1)
     if dist.size < nfolds:
         logging.warning("verification: %d pairs, fewer than %d folds; using %d folds", dist.size, nfolds, dist.size)
-    accuracy = kfold_accuracy(dist, np.asarray(issame_list, dtype=bool), min(nfolds, dist.size))
-    return float(accuracy.mean()), float(accuracy.std()), xnorm
+    return kfold_accuracy(dist, np.asarray(issame_list, dtype=bool), min(nfolds, dist.size)), xnorm
 
 
 class CallBackVerification:

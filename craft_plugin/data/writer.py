@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 from pathlib import Path
-from typing import Iterable, List, Sequence, Tuple, Union
+from typing import Iterable, List, Tuple, Union
 
 import numpy as np
 
@@ -63,11 +63,14 @@ def write_rec(out_dir, images: Iterable[Tuple[Union[np.ndarray, bytes], int]], q
     return out_dir
 
 
-def write_bin(path, pairs: Sequence[Tuple[np.ndarray, np.ndarray, bool]], quality: int = 90) -> Path:
-    """Write a verification ``.bin`` from ``(image_a, image_b, issame)`` RGB uint8 pairs."""
+def write_bin(path, pairs: Iterable[Tuple[Union[np.ndarray, bytes], Union[np.ndarray, bytes], bool]],
+              quality: int = 90) -> Path:
+    """Write a verification ``.bin`` from ``(image_a, image_b, issame)`` pairs of RGB uint8 arrays
+    (JPEG-encoded) or encoded image files (kept as they are), as insightface writes one: a protocol 2
+    pickle of ``(list of encoded bytes, list of bools)``."""
     bins, issame = [], []
     for img_a, img_b, same in pairs:
-        bins += [encode_jpeg(img_a, quality), encode_jpeg(img_b, quality)]
+        bins += [as_payload(img_a, quality)[0], as_payload(img_b, quality)[0]]
         issame.append(bool(same))
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
