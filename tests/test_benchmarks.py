@@ -13,6 +13,7 @@ import pytest
 from conftest import LEGACY_PYTHON, ROOT
 
 RUNS = {
+    "cli": ["bench/bench_cli.py", "--quick"],
     "losses": ["bench/bench_losses.py", "--quick"],
     "craft": ["bench/bench_craft.py", "--quick"],
     "reader": ["bench/bench_reader.py", "--records", "300", "--legacy-python", str(LEGACY_PYTHON)],

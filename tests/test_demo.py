@@ -12,7 +12,7 @@ def test_demo_tiny(tmp_path, capsys):
     # check at 4 (the epoch end at step 2 is before the start)
     assert main(["demo", "--out", str(out), "--epochs", "2", "--identities", "8", "--per-identity", "8",
                  "--craft-start", "3", "--craft-every", "3", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    report = json.loads(capsys.readouterr().out)   # stdout is the JSON document alone
     assert set(report["runs"]) == {"baseline", "craft"}
     for name, run in report["runs"].items():
         assert run["steps"] == 4
@@ -24,6 +24,7 @@ def test_demo_tiny(tmp_path, capsys):
         assert (out / "data" / name).exists()
     assert (out / "inactive_filters.png").exists()
     assert report["settings"]["reactivation"] == {"every": 3, "start": 3}
+    assert report["paired"]["folds"] == 10 and len(report["runs"]["craft"]["fold_accuracy"]) == 10
     assert report["runs"]["baseline"]["checks"] == 0 and report["runs"]["craft"]["checks"] == 2
 
 
