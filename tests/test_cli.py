@@ -292,3 +292,23 @@ def test_demo_refuses_an_out_folder_in_a_missing_folder(tmp_path, capfd):
     status, _, err = run_cli(capfd, ["demo", "--out", str(tmp_path / "a" / "b")])
     assert status == 2
     one_line_error(err, "--out")
+
+
+def test_bin_pack_reads_in_arcface_torchs_load_bin_way_with_the_real_mxnet(tmp_path, capfd, legacy_python):
+    """What upstream's ``eval/verification.py`` ``load_bin`` does: ``pickle.load(f, encoding='bytes')``
+    then ``mx.image.imdecode`` per image; the pixels must be the images packed."""
+    images = [synthetic_image(4, i, 0, 112) for i in range(2)]
+    for i, rgb in enumerate(images):
+        write_png(tmp_path / f"{i}.png", rgb)
+    (tmp_path / "pairs.txt").write_text("0.png 1.png 0\n1.png 1.png 1\n")
+    assert run_cli(capfd, ["bin", "pack", str(tmp_path / "pairs.txt"), str(tmp_path / "val.bin")])[0] == 0
+    code = ("import pickle, sys, numpy as np, mxnet as mx\n"
+            "bins, issame = pickle.load(open(sys.argv[1], 'rb'), encoding='bytes')\n"
+            "np.save(sys.argv[2], np.stack([mx.image.imdecode(b).asnumpy() for b in bins]))\n"
+            "print(list(issame))\n")
+    out = subprocess.run([str(legacy_python), "-c", code, str(tmp_path / "val.bin"), str(tmp_path / "px.npy")],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[False, True]"
+    pixels = np.load(tmp_path / "px.npy")
+    assert [np.array_equal(pixels[k], images[i]) for k, i in enumerate((0, 1, 1, 1))] == [True] * 4
