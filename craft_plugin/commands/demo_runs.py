@@ -116,7 +116,7 @@ def plot(out: Path, runs: Dict[str, Dict[str, Any]], filters: int = 64) -> str:
     ax.set_ylabel("inactive conv1 filters")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylim(bottom=0)
+    ax.set_ylim(0, max(count for run in runs.values() for _, count in run["inactive_curve"]) + 1)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
