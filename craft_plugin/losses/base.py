@@ -111,6 +111,7 @@ class MarginLoss(torch.nn.Module):
     normalisation)."""
 
     needs_norms = False
+    needs_target_cosines = False  # the chunked path calls prepare_targets before any chunk
     source = ""  # the paper, and where the constructor's defaults come from (the loss's preset cites it)
 
     def __init__(self, s: float):
@@ -123,7 +124,8 @@ class MarginLoss(torch.nn.Module):
 
     def elementwise(self):
         """An in-place map of every logit with straight-through gradient, or None (the default:
-        only the targets change)."""
+        only the targets change). It may hold per-row parameters ((B_global, 1), set by
+        ``prepare_targets``): the chunked path applies it to (B_global, chunk) blocks."""
         return None
 
     def elementwise_vjp(self, cos: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
@@ -132,13 +134,28 @@ class MarginLoss(torch.nn.Module):
         Partial FC (:mod:`craft_plugin.partial_fc.lean`) calls it on chunks of the logits."""
         return grad
 
+    def target_logit_given_norms(self, cos: torch.Tensor, rows: torch.Tensor, batch: int,
+                                 norms: Optional[torch.Tensor]) -> torch.Tensor:
+        """``target_logit`` as a function of the cosines and of the feature norms (B_global, 1), for
+        a loss whose target differentiates in both (MagFace's margin m(||x||)); the chunked Partial
+        FC calls this one, with the norms when ``needs_norms``, and takes both gradients. Default:
+        ``target_logit``, constant in the norms."""
+        return self.target_logit(cos, rows, batch)
+
+    def prepare_targets(self, target: torch.Tensor) -> None:
+        """Called by the chunked Partial FC before any chunk when ``needs_target_cosines``:
+        ``target`` (B_global,) holds this rank's positive rows' target cosines, 0 for the rows
+        whose class lives on another rank and for -1 rows. Per-row state that ``elementwise`` and
+        ``elementwise_vjp`` read (CurricularFace's thresholds). Nothing by default."""
+
     def prepare(self, norms: Optional[torch.Tensor]) -> None:
         """Called once per forward before any logit, by both Partial FC paths: per-step state from
         the global batch's feature norms (AdaFace's moving averages). Nothing by default."""
 
     def chunkable(self) -> bool:
         """Whether the chunked Partial FC computes this loss: all of it is ``prepare``,
-        ``target_logit`` (called once per forward), ``elementwise`` (+ ``elementwise_vjp``),
+        ``prepare_targets``, ``target_logit_given_norms`` (called once per forward),
+        ``elementwise`` (+ ``elementwise_vjp``),
         ``scale_factor`` and ``total_loss``. True when ``forward`` is this class's; a loss
         overriding ``forward`` opts in."""
         return type(self).forward is MarginLoss.forward

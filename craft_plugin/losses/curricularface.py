@@ -30,6 +30,20 @@ from craft_plugin.losses.registry import MARGIN_LOSSES
 from craft_plugin.validation import in_range
 
 
+def curriculum(cos: torch.Tensor, threshold: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A new tensor: c (t + c) where c > threshold (the row's hard negatives), c elsewhere."""
+    out = cos + t
+    out.mul_(cos)
+    return torch.where(cos > threshold, out, cos, out=out)
+
+
+def curriculum_slope(cos: torch.Tensor, threshold: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Its derivative in c: t + 2c on hard negatives, 1 elsewhere (t and the thresholds are constants)."""
+    out = cos * 2
+    out.add_(t)
+    return torch.where(cos > threshold, out, torch.ones((), dtype=out.dtype), out=out)
+
+
 class _CurricularLogits(torch.autograd.Function):
     """s * (targets through ``fn``, hard negatives c (t + c), the rest c) as a new (B, C) buffer.
 
@@ -41,11 +55,7 @@ class _CurricularLogits(torch.autograd.Function):
     def forward(ctx, logits, rows, cols, fn, threshold, t, s):
         new = _targets_through(ctx, logits, rows, cols, fn)
         with torch.no_grad():
-            hard = logits > threshold
-            out = logits + t
-            out.mul_(logits)
-            torch.where(hard, out, logits, out=out)
-            del hard
+            out = curriculum(logits, threshold, t)
             out[rows, cols] = new
             out.mul_(s)
         ctx.save_for_backward(logits, rows, cols, threshold, t)
@@ -55,9 +65,7 @@ class _CurricularLogits(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         logits, rows, cols, threshold, t = ctx.saved_tensors
-        out = logits * 2
-        out.add_(t)
-        torch.where(logits > threshold, out, torch.ones((), dtype=out.dtype), out=out)
+        out = curriculum_slope(logits, threshold, t)
         out.mul_(grad).mul_(ctx.s)
         out[rows, cols] = _target_grad(ctx, grad[rows, cols] * ctx.s).to(out.dtype)
         return out, None, None, None, None, None, None
@@ -65,6 +73,7 @@ class _CurricularLogits(torch.autograd.Function):
 
 @MARGIN_LOSSES.register("curricularface")
 class CurricularFace(MarginLoss):
+    needs_target_cosines = True
     source = "CurricularFace, arXiv 2004.00288; official code (github HuangYG123/CurricularFace head/metrics.py)"
 
     def __init__(self, s: float = 64.0, m: float = 0.5, alpha: float = 0.01):
@@ -73,6 +82,7 @@ class CurricularFace(MarginLoss):
         self.alpha = momentum("margin_loss.alpha", alpha)
         # not in Partial FC's state_dict (its keys stay upstream's); checkpointed via extra_state
         self.register_buffer("t", torch.zeros(()), persistent=False)
+        self.threshold = self.row_t = None  # this step's, set by prepare_targets
 
     def target_logit(self, cos, rows, batch):
         shifted = torch.cos(theta_of(cos) + self.m)
@@ -87,11 +97,27 @@ class CurricularFace(MarginLoss):
         with torch.no_grad():
             target = torch.zeros(batch, dtype=logits.dtype, device=logits.device)
             target[rows] = logits[rows, cols]
+        self.prepare_targets(target)
+        return _CurricularLogits.apply(logits, rows, cols, lambda cos: self.target_logit(cos, rows, batch),
+                                       self.threshold, self.row_t, self.s)
+
+    def prepare_targets(self, target: torch.Tensor) -> None:
+        """Completes this rank's target cosines over the ranks, advances t and sets this step's
+        thresholds cos(theta_y + m) (B, 1) and t, both without gradient."""
+        with torch.no_grad():
             all_reduce_(target)  # every row's target cosine, whichever rank holds its class
             update_(self.t, target.mean(), self.alpha)
-            threshold = torch.cos(theta_of(target) + self.m).view(-1, 1)
-        return _CurricularLogits.apply(logits, rows, cols, lambda cos: self.target_logit(cos, rows, batch),
-                                       threshold, self.t.to(logits.dtype, copy=True), self.s)
+            self.threshold = torch.cos(theta_of(target) + self.m).view(-1, 1)
+            self.row_t = self.t.to(target.dtype, copy=True)
+
+    def elementwise(self):
+        return lambda cos: cos.copy_(curriculum(cos, self.threshold, self.row_t))
+
+    def elementwise_vjp(self, cos, grad):
+        return curriculum_slope(cos, self.threshold, self.row_t).mul_(grad)
+
+    def chunkable(self) -> bool:
+        return True  # forward is the materialised form of prepare_targets, target_logit and elementwise
 
     def extra_state(self) -> dict:
         return {"t": self.t.detach().clone()}

@@ -87,6 +87,12 @@ class MagFace(MarginLoss):
     def target_logit(self, cos, rows, batch):
         return magface_target(cos, self.row_margins[rows].to(cos.dtype), self.easy_margin)
 
+    def target_logit_given_norms(self, cos, rows, batch, norms):
+        return magface_target(cos, self.margins(self.magnitudes(norms))[rows].to(cos.dtype), self.easy_margin)
+
+    def chunkable(self) -> bool:
+        return True  # forward is the materialised form of target_logit_given_norms
+
     def total_loss(self, ce: torch.Tensor, norms: Optional[torch.Tensor], world_size: int) -> torch.Tensor:
         a = self.magnitudes(norms)
         reg = self.lambda_g * (1 / a + a / self.u_a ** 2).mean()

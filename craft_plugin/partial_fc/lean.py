@@ -9,17 +9,21 @@ what upstream's materialised step computes (arXiv 2203.15565, ArcFace arXiv 1801
     a_ij = f(c_ij) for the target j = y_i,  g(c_ij) otherwise,
     loss = -1/B sum_i log( exp(z_{i,y_i}) / sum_ranks sum_j exp(z_ij) )
 
-(f: the loss's ``target_logit``, g: its ``elementwise`` map or the identity, n: its
+(f: the loss's ``target_logit_given_norms``, a function of the target cosine and of the feature
+norms; g: its ``elementwise`` map or the identity, which may hold per-row parameters; n: its
 ``scale_factor``, s or the feature norm) without a (B_global, C_local) tensor, the blockwise
 log-sum-exp of Cut Cross-Entropy (Wijmans et al., arXiv 2411.09009) carried over to margins:
 
-- forward: per chunk of ``chunk`` classes one GEMM, then per row a running max and sum of
+- forward: for a loss with ``needs_target_cosines``, first the B target cosines as dot products,
+  handed to its ``prepare_targets`` (CurricularFace's thresholds, before any chunk); then per
+  chunk of ``chunk`` classes one GEMM, then per row a running max and sum of
   exponentials of the non-target logits, and the B target cosines; f is applied once to the B
   targets (a stateful loss draws once per step), the targets are merged in, and max and sum are
   all-reduced across ranks as upstream's ``DistCrossEntropy`` does;
 - backward: each chunk is recomputed (one GEMM) and ``dz = (softmax - onehot) * dL/B`` formed;
   ``dn_i = sum_j dz_ij a_ij``; ``dc = n dz`` through g's gradient (``elementwise_vjp``) and, on the
-  targets, f'(t) from a small autograd graph over the B targets; two GEMMs give the embedding
+  targets, f'(t) from a small autograd graph over the B targets and the norms (which also gives
+  the norms' gradient through f, a B-sized term: MagFace's m(||x||)); two GEMMs give the embedding
   gradient (accumulated) and the chunk's weight gradient, pushed through the chunk's weight
   normalisation.
 
@@ -78,16 +82,18 @@ class _ChunkedMarginCE(torch.autograd.Function):
     tensor (a per-row scale with gradient)."""
 
     @staticmethod
-    def forward(ctx, xn, weight, scale, labels, loss, chunk, fp16):
+    def forward(ctx, xn, weight, scale, norms, labels, loss, chunk, fp16):
         batch, classes = xn.size(0), weight.size(0)
         flat = labels.view(-1)
         # row indices of this rank's targets: one host sync per step, as upstream's DistCrossEntropy
         rows = torch.nonzero(flat != -1).view(-1)
         cols = flat[rows]
         n = scale
-        each = loss.elementwise()
         norm = weight.detach().norm(dim=1, keepdim=True).clamp_min(NORM_EPS)
         dtype = at_least_float32(xn).dtype
+        if loss.needs_target_cosines:
+            loss.prepare_targets(_target_cosines(xn, weight, norm, rows, cols, dtype, fp16))
+        each = loss.elementwise()
         row_max = torch.full((batch, 1), torch.finfo(dtype).min, dtype=dtype, device=xn.device)
         row_sum = torch.zeros_like(row_max)
         target = torch.zeros(rows.size(0), dtype=dtype, device=xn.device)
@@ -105,7 +111,8 @@ class _ChunkedMarginCE(torch.autograd.Function):
             del part, z  # before the next chunk's buffers exist
         with torch.enable_grad():  # f once per step (a stateful loss draws once), its graph over B values kept
             ctx.t = target.requires_grad_(True)
-            ctx.ft = loss.target_logit(ctx.t, rows, batch)
+            ctx.norms = None if norms is None else norms.detach().requires_grad_(True)
+            ctx.ft = loss.target_logit_given_norms(ctx.t, rows, batch, ctx.norms)
         ft = ctx.ft.detach().to(dtype)
         z_target = ft * (n[rows, 0] if torch.is_tensor(n) else n)
         merged = torch.maximum(row_max[rows, 0], z_target)
@@ -131,10 +138,7 @@ class _ChunkedMarginCE(torch.autograd.Function):
         g = grad_loss / batch
         n = scale if scale is not None else ctx.scalar
         n_rows = n[rows, 0] if torch.is_tensor(n) else n
-        if ctx.ft.requires_grad:  # f'(t) (softmax - onehot) n on the B targets
-            dc_target = torch.autograd.grad(ctx.ft, ctx.t, ((p_target - 1) * g * n_rows).to(ctx.ft.dtype))[0]
-        else:
-            dc_target = torch.zeros_like(ctx.t)
+        dc_target, grad_norms = _target_backward(ctx, ((p_target - 1) * g * n_rows))
         dc_target = dc_target.to(log_norm.dtype)
         each = loss.elementwise()
         want_scale = scale is not None and ctx.needs_input_grad[2]
@@ -161,7 +165,29 @@ class _ChunkedMarginCE(torch.autograd.Function):
             del c, a, inside
             _linear_backward(dc, xn, part, grad_xn, grad_weight, norm, ctx.fp16)
             del part, da, dc  # before the next chunk's buffers exist
-        return grad_xn.to(xn.dtype), grad_weight, grad_scale, None, None, None, None
+        return grad_xn.to(xn.dtype), grad_weight, grad_scale, grad_norms, None, None, None, None
+
+
+def _target_cosines(xn, weight, norm, rows, cols, dtype, fp16) -> torch.Tensor:
+    """(B,) the clamped cosines of this rank's positive rows with their target centres as B dot
+    products (in the chunks' precision), 0 for the other rows."""
+    with autocast(xn.device.type, fp16):
+        dots = _row_dot(xn[rows], weight[cols] / norm[cols])
+    target = torch.zeros(xn.size(0), dtype=dtype, device=xn.device)
+    target[rows] = at_least_float32(dots).view(-1).to(dtype).clamp(-1, 1)
+    return target
+
+
+def _target_backward(ctx, grad_ft):
+    """f's gradients from its small graph over the B targets: to the target cosines (zeros when f
+    ignores them) and to the feature norms (None unless f depends on them)."""
+    want_norms = ctx.norms is not None and ctx.needs_input_grad[3]
+    inputs = (ctx.t, ctx.norms) if want_norms else (ctx.t,)
+    grads = (None, None)
+    if ctx.ft.requires_grad:
+        grads = torch.autograd.grad(ctx.ft, inputs, grad_ft.to(ctx.ft.dtype), allow_unused=True) + (None,)
+    dc_target = grads[0] if grads[0] is not None else torch.zeros_like(ctx.t)
+    return dc_target, grads[1]
 
 
 def _linear_backward(dc, xn, part, grad_xn, grad_weight, norm, fp16) -> None:
@@ -214,7 +240,7 @@ def lean_partial_fc(base: type, chunk: int = DEFAULT_CHUNK) -> type:
             margin.prepare(norms)
             scale = margin.scale_factor(norms)
             scale = scale.to(at_least_float32(xn).dtype) if torch.is_tensor(scale) else scale
-            loss = _ChunkedMarginCE.apply(xn, weight, scale, labels, margin, self.chunk_size, self.fp16)
+            loss = _ChunkedMarginCE.apply(xn, weight, scale, norms, labels, margin, self.chunk_size, self.fp16)
             return margin.total_loss(loss, norms, self.world_size)
 
     LeanPartialFC.__name__ = LeanPartialFC.__qualname__ = f"Lean{base.__name__}"
