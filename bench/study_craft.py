@@ -46,7 +46,8 @@ import torch
 import craft_plugin.plugin
 from craft_plugin._replica.config import get_config
 from craft_plugin._replica.train import train, unwrap
-from craft_plugin.commands.demo import DEMO_REACTIVATION, IMAGE_SIZE, write_dataset
+from craft_plugin.commands.demo import DEMO_REACTIVATION
+from craft_plugin.commands.demo_runs import IMAGE_SIZE, write_dataset
 from craft_plugin.data.binfile import load_bin
 from craft_plugin.data.verification import test as verify
 from craft_plugin.reactivation.detection import Criterion, summarize
@@ -221,9 +222,9 @@ def plot(summary: Dict[str, Dict[str, Any]], weight_decays: List[float], path: P
         ax.set_title(f"weight decay {wd:g}")
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(f"inactive conv1 filters (fraction; {YARDSTICK.describe()})", fontsize=8)
+    axes[0][0].set_ylabel("inactive conv1 filters (fraction)")
     axes[0][-1].legend(fontsize=8)
-    fig.suptitle(title)
+    fig.suptitle(f"{title}\ninactive: {YARDSTICK.describe()}", fontsize=10)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=100)
