@@ -27,6 +27,8 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import torch
 
+from craft_plugin.atomic_save import save_synced, staging_path
+
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_gpu_(\d+)\.pt")
 REQUIRED_KEYS = ("epoch", "global_step", "state_dict_backbone", "state_dict_softmax_fc",
                  "state_optimizer", "state_lr_scheduler")
@@ -276,12 +278,9 @@ def atomic_save_all(items: Iterable[Tuple[object, Path]],
     try:
         for obj, path in progress(items) if progress else items:
             path = Path(path)
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            tmp = Path(staging_path(path))
             staged.append((tmp, path))
-            with open(tmp, "wb") as handle:
-                torch.save(obj, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
+            save_synced(obj, tmp)
         for tmp, path in staged:
             os.replace(tmp, path)
     finally:

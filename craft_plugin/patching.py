@@ -1,7 +1,8 @@
 """Applying, checking and reverting craft-plugin's patches on an arcface_torch checkout.
 
 A patch is the unified diff ``craft_plugin/patches/<name>.patch`` plus the files it adds, which are
-taken verbatim from this package (``ADDED_FILES``: ``plugin_hooks.py`` for the hooks patch).
+taken verbatim from this package (``ADDED_FILES``: ``plugin_hooks.py`` for the hooks patch,
+``atomic_save.py`` for the compatibility patch).
 
 A small, exact applier (no ``patch``/``git`` needed): each hunk's old lines must be found
 verbatim, at the stated line or elsewhere in the file if upstream moved it, and nowhere else
@@ -23,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 PATCH_NAMES = ("arcface_torch_hooks", "arcface_torch_compat")
 # files a patch adds to the checkout, copied from this package: the hook dispatcher that the patched
 # train_v2.py imports is craft_plugin/plugin_hooks.py itself, so its text exists once
-ADDED_FILES = {"arcface_torch_hooks": ("plugin_hooks.py",)}
+ADDED_FILES = {"arcface_torch_hooks": ("plugin_hooks.py",), "arcface_torch_compat": ("atomic_save.py",)}
 CHECKOUT_MARKERS = ("train_v2.py", "partial_fc_v2.py", "losses.py", "lr_scheduler.py", "configs")
 HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 LINE = re.compile(r"[^\n]*\n|[^\n]+\Z")

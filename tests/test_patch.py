@@ -18,20 +18,23 @@ from craft_plugin.patching import PATCH_NAMES, CHECKOUT_MARKERS, PatchError, app
 
 
 def stand_in_checkout(root: Path) -> Path:
-    """Files holding each hunk's old side at its stated line, filler lines in between."""
+    """Files holding each hunk's old side at its stated line, filler lines in between; hunks of
+    several patches on one file (train_v2.py) are merged in line order."""
+    hunks = {}
     for name in PATCH_NAMES:
         for fp in load_patch(name):
-            if fp.new_file:
-                continue
-            lines = []
-            for hunk in fp.hunks:
-                while len(lines) < hunk.old_start - 1:
-                    lines.append(f"# upstream line {len(lines) + 1}\n")
-                lines += hunk.side("-")
-            lines.append("# end of file\n")
-            path = root / fp.path
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text("".join(lines))
+            if not fp.new_file:
+                hunks.setdefault(fp.path, []).extend(fp.hunks)
+    for rel, file_hunks in hunks.items():
+        lines = []
+        for hunk in sorted(file_hunks, key=lambda h: h.old_start):
+            while len(lines) < hunk.old_start - 1:
+                lines.append(f"# upstream line {len(lines) + 1}\n")
+            lines += hunk.side("-")
+        lines.append("# end of file\n")
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(lines))
     for marker in CHECKOUT_MARKERS:
         target = root / marker
         if not target.exists():

@@ -33,6 +33,7 @@ from craft_plugin._replica.losses import CombinedMarginLoss
 from craft_plugin._replica.lr_scheduler import PolynomialLRWarmup
 from craft_plugin._replica.partial_fc import PartialFC_V2
 from craft_plugin._replica.verification import CallBackVerification
+from craft_plugin.atomic_save import atomic_save
 from craft_plugin.plugin_hooks import HOOK_API, plugin_filter, plugin_hook
 
 
@@ -169,15 +170,15 @@ def train(cfg: Any, plugins: Optional[list] = None) -> TrainResult:
                 "state_lr_scheduler": lr_scheduler.state_dict(),
             }
             plugin_hook("on_save_checkpoint", plugins=plugins, checkpoint=checkpoint)
-            torch.save(checkpoint, os.path.join(cfg.output, f"checkpoint_gpu_{rank}.pt"))
+            atomic_save(checkpoint, os.path.join(cfg.output, f"checkpoint_gpu_{rank}.pt"))
         if rank == 0:
-            torch.save(unwrap(backbone).state_dict(), os.path.join(cfg.output, "model.pt"))
+            atomic_save(unwrap(backbone).state_dict(), os.path.join(cfg.output, "model.pt"))
         result.global_step = global_step
         if stop is not None and epoch + 1 >= stop:
             return result
 
     if rank == 0:
-        torch.save(unwrap(backbone).state_dict(), os.path.join(cfg.output, "model.pt"))
+        atomic_save(unwrap(backbone).state_dict(), os.path.join(cfg.output, "model.pt"))
     plugin_hook("on_train_end", plugins=plugins)
     if summary_writer is not None:
         summary_writer.close()
