@@ -1,5 +1,5 @@
 """The hook and compatibility patches: apply, check, drift, revert, atomicity, and that the
-hook calls they add are the ones the mini pipeline makes. Upstream is not available in CI: the
+hook calls they add are the ones the replica (craft_plugin/_replica) makes. Upstream is not available in CI: the
 tests build a stand-in checkout from the patches' own context and removed lines."""
 from __future__ import annotations
 
