@@ -185,7 +185,8 @@ def test_config_needs_a_margin_loss_and_is_spell_checked():
             craft_plugin.plugin.config(EasyDict(margin_loss=name, partial_fc={}))
 
 
-@pytest.mark.parametrize("margin_loss", ["arcface", {"name": "sphereface-r", "norm": "soft"}], ids=str)
+@pytest.mark.parametrize("margin_loss", ["arcface", {"name": "sphereface-r", "norm": "soft"}, "magface", "curricularface"],
+                         ids=str)
 def test_the_hook_selects_the_lean_class(margin_loss):
     cfg = craft_plugin.plugin.config(EasyDict(margin_loss=margin_loss, partial_fc={"chunk": 64}))
     cls = craft_plugin.plugin.partial_fc_class(PartialFC_V2, cfg)
