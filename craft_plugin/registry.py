@@ -31,7 +31,7 @@ class Registry(Generic[T]):
         return add
 
     def get(self, name: str) -> T:
-        if name not in self._members:
+        if not isinstance(name, str) or name not in self._members:
             raise ConfigError(self.key, name, f"one of {self.names()}")
         return self._members[name]
 

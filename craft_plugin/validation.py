@@ -13,10 +13,16 @@ from craft_plugin.errors import ConfigError
 
 
 def number(key: str, value: Any, test: Callable[[float], bool], allowed: str) -> float:
-    """A finite real number that passes ``test``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not test(value):
+    """A finite real number that passes ``test`` (an int too large for a float is refused too)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(key, value, allowed)
-    return float(value)
+    try:
+        as_float = float(value)
+    except OverflowError:
+        raise ConfigError(key, value, allowed) from None
+    if not math.isfinite(as_float) or not test(as_float):
+        raise ConfigError(key, value, allowed)
+    return as_float
 
 
 def positive(key: str, value: Any) -> float:
@@ -31,11 +37,21 @@ def in_range(key: str, value: Any, low: float, high: float) -> float:
     return number(key, value, lambda v: low <= v <= high, f"a number in [{low:g}, {high:g}]")
 
 
-def integer(key: str, value: Any, minimum: Optional[int] = None) -> int:
-    """An ``int`` (not a bool), at least ``minimum`` when given."""
-    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum):
-        raise ConfigError(key, value, "an integer" if minimum is None else f"an integer >= {minimum}")
+SEED_MAX = 2 ** 64 - 1   # torch.Generator.manual_seed's largest seed
+
+
+def integer(key: str, value: Any, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
+    """An ``int`` (not a bool), at least ``minimum`` and at most ``maximum`` when given."""
+    if (isinstance(value, bool) or not isinstance(value, int) or (minimum is not None and value < minimum)
+            or (maximum is not None and value > maximum)):
+        bounds = [f">= {minimum}"] * (minimum is not None) + [f"<= {maximum}"] * (maximum is not None)
+        raise ConfigError(key, value, " and ".join(["an integer"] + bounds).replace("integer and", "integer", 1))
     return value
+
+
+def seed_value(key: str, value: Any) -> int:
+    """A random seed torch accepts: an integer in [0, 2**64 - 1]."""
+    return integer(key, value, 0, SEED_MAX)
 
 
 def boolean(key: str, value: Any) -> bool:

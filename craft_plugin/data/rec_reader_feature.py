@@ -32,8 +32,9 @@ class RecReaderFeature:
 
     @classmethod
     def from_config(cls, cfg: Any) -> Optional["RecReaderFeature"]:
-        choice = cfg.get("rec_reader") or "auto"
-        if choice not in CHOICES:
+        choice = cfg.get("rec_reader")
+        choice = "auto" if choice is None else choice
+        if not isinstance(choice, str) or choice not in CHOICES:
             raise ConfigError("rec_reader", choice, f"one of {list(CHOICES)}")
         if choice == "craft":
             return cls()

@@ -26,7 +26,7 @@ import torch
 from craft_plugin.distributed import all_reduce_
 from craft_plugin.losses.base import MarginLoss, theta_of
 from craft_plugin.losses.registry import MARGIN_LOSSES
-from craft_plugin.validation import in_range, integer, non_negative
+from craft_plugin.validation import in_range, non_negative, seed_value
 
 SOURCE = "ElasticFace, arXiv 2109.09416; the official training config"
 
@@ -39,7 +39,7 @@ class ElasticMargin(MarginLoss):
         super().__init__(s)
         self.m = in_range("margin_loss.m", m, 0.0, self.max_m)
         self.sigma = non_negative("margin_loss.sigma", sigma)
-        self.seed = integer("margin_loss.seed", seed)
+        self.seed = seed_value("margin_loss.seed", seed)
         self.generator: Optional[torch.Generator] = None  # made on the logits' device at first use
         self.restored_state: Optional[torch.Tensor] = None  # from a checkpoint, until then
 

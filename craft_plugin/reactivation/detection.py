@@ -3,7 +3,9 @@
 Weight criteria, norm_i = ||W_i||_2 over (in, kh, kw). ``absolute``: inactive when
 norm_i < threshold. ``relative``: inactive when norm_i < threshold * ref, where ref is the median
 norm of the filters at or above the ``reference_quantile`` of the norms (the strong filters), so
-the rule does not depend on the layer's overall scale, which BatchNorm makes arbitrary.
+the rule does not depend on the layer's overall scale, which BatchNorm makes arbitrary; only a
+layer whose ref is below ``SILENT_REFERENCE_NORM`` (all zero, or uniformly tiny) counts as inactive
+as a whole, so that it is revived (by the random fallback: no strong filter is left).
 
 ``activation`` (ReDo: Sokar, Agarwal, Castro, Evci, "The Dormant Neuron Phenomenon in Deep
 Reinforcement Learning", ICML 2023): a_i = mean over the batch and positions of |y_i|, where y
@@ -56,11 +58,22 @@ def activation_scores(mean_abs: torch.Tensor) -> torch.Tensor:
     return mean_abs / mean_abs.mean().clamp_min(torch.finfo(mean_abs.dtype).tiny)
 
 
+# relative criterion: a layer whose reference (strong-filter) norm is below this is silent as a whole,
+# every filter inactive. BatchNorm after the conv divides by sqrt(var + 1e-5) >= 3e-3, so filters this
+# small give outputs it cannot bring back to unit scale; a ratio against a reference of ~0 means nothing.
+SILENT_REFERENCE_NORM = 1e-6
+
+
 def inactive_mask(values: torch.Tensor, criterion: Criterion) -> torch.Tensor:
-    """``values``: filter norms for the weight criteria, :func:`activation_scores` for ``activation``."""
+    """``values``: filter norms for the weight criteria, :func:`activation_scores` for ``activation``.
+    Relative: ``norm_i < threshold * ref``, and every filter when ``ref < SILENT_REFERENCE_NORM``
+    (an all-zero or uniformly tiny layer), which the check then revives with the random fallback."""
     if criterion.mode in ("absolute", "activation"):
         return values < criterion.threshold
-    return values < criterion.threshold * reference_norm(values, criterion.reference_quantile)
+    reference = reference_norm(values, criterion.reference_quantile)
+    if reference < SILENT_REFERENCE_NORM:
+        return torch.ones_like(values, dtype=torch.bool)
+    return values < criterion.threshold * reference
 
 
 def summarize(weight: torch.Tensor, criterion: Criterion) -> dict:

@@ -12,7 +12,7 @@ from typing import Any, Optional
 from craft_plugin.errors import ConfigError
 from craft_plugin.reactivation.detection import CRITERIA
 from craft_plugin.reactivation.strategies import STRATEGIES
-from craft_plugin.validation import boolean, integer, non_negative, number, one_of, positive
+from craft_plugin.validation import boolean, integer, non_negative, number, one_of, positive, seed_value
 
 KEY = "reactivation"
 
@@ -54,7 +54,7 @@ class ReactivationOptions:
         integer(f"{KEY}.parents", self.parents, 1)
         non_negative(f"{KEY}.noise", self.noise)
         boolean(f"{KEY}.reset_followers", self.reset_followers)
-        integer(f"{KEY}.seed", self.seed)
+        seed_value(f"{KEY}.seed", self.seed)
 
 
 def parse_options(value: Any) -> Optional[ReactivationOptions]:
