@@ -3,12 +3,16 @@
 Hook API version 1 (see :mod:`craft_plugin.plugin_hooks` and docs/patch.md). The ``config`` hook
 resolves presets, validates the plugin's keys and builds the enabled ones of :data:`FEATURES`;
 every later hook goes straight to the enabled features that define a method of its name, in the
-order of :data:`FEATURES`. Plugin state is stored in the checkpoint dict under ``CHECKPOINT_KEY``.
+order of :data:`FEATURES`. Plugin state is stored in the checkpoint dict under ``CHECKPOINT_KEY``,
+one entry per stateful feature plus ``CONFIG_RECORD``: each such feature's config value (JSON) when
+saved. On resume a feature whose config value changed since, or whose saved state does not fit it,
+starts fresh with a warning saying which state was dropped and why.
 """
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any, Callable, List
+from typing import Any, Callable, Dict, List
 
 from craft_plugin.amp import step_was_skipped
 from craft_plugin.config import resolve_config
@@ -18,11 +22,18 @@ from craft_plugin.reactivation.reactivation_feature import ReactivationFeature
 
 HOOK_API = 1
 CHECKPOINT_KEY = "craft_plugin"
+CONFIG_RECORD = "config"    # under CHECKPOINT_KEY: {feature name: its config value as JSON}
 
 # each is switched on by the config key of its ``name``; ``from_config`` returns None when off
 FEATURES = (MarginLossFeature, ReactivationFeature, RecReaderFeature)
 
 _enabled: List[Any] = []
+_config_values: Dict[str, str] = {}
+
+
+def config_value(cfg: Any, name: str) -> str:
+    """``config.<name>`` (presets resolved) as canonical JSON, to compare across a resume."""
+    return json.dumps(cfg.get(name), sort_keys=True, default=repr)
 
 
 def build_features(cfg: Any) -> List[Any]:
@@ -43,13 +54,14 @@ def _implementing(hook: str) -> List[Any]:
 
 
 def config(cfg: Any, api: int = HOOK_API) -> Any:
-    global _enabled
+    global _enabled, _config_values
     if api != HOOK_API:
         raise RuntimeError(
             f"craft-plugin speaks arcface_torch hook API {HOOK_API}, the patched train_v2.py "
             f"speaks {api}: re-apply the patch with `craft-plugin patch` from this craft-plugin")
     cfg = resolve_config(cfg)
     _enabled = build_features(cfg)
+    _config_values = {f.name: config_value(cfg, f.name) for f in _enabled}
     if _enabled:
         logging.info("craft-plugin enabled: %s", ", ".join(f.name for f in _enabled))
     return cfg
@@ -97,13 +109,26 @@ def on_save_checkpoint(checkpoint: dict) -> None:
     stateful = _implementing("state_dict")
     if stateful:
         checkpoint[CHECKPOINT_KEY] = {f.name: f.state_dict() for f in stateful}
+        checkpoint[CHECKPOINT_KEY][CONFIG_RECORD] = {f.name: _config_values[f.name] for f in stateful}
 
 
 def on_resume(checkpoint: dict) -> None:
     states = checkpoint.get(CHECKPOINT_KEY, {})
+    saved_values = states.get(CONFIG_RECORD, {})
     for enabled in _implementing("load_state_dict"):
-        if enabled.name in states:
-            enabled.load_state_dict(states[enabled.name])
-        else:
-            logging.warning("craft-plugin: the checkpoint holds no state for %r; it starts fresh",
-                            enabled.name)
+        name = enabled.name
+        if name not in states:
+            logging.warning("craft-plugin: the checkpoint holds no state for %r; it starts fresh", name)
+            continue
+        now = _config_values.get(name)
+        if name in saved_values and saved_values[name] != now:
+            logging.warning("craft-plugin: config.%s changed since the checkpoint was saved (then %s, now %s): "
+                            "its saved state (%s) is dropped and %s starts fresh", name, saved_values[name], now,
+                            ", ".join(sorted(states[name])), name)
+            continue
+        try:
+            enabled.load_state_dict(states[name])
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:  # a checkpoint from before CONFIG_RECORD
+            logging.warning("craft-plugin: the checkpoint's %s state (%s) does not fit config.%s = %s "
+                            "(%s: %s): it is dropped and %s starts fresh", name, ", ".join(sorted(states[name])),
+                            name, now, type(exc).__name__, exc, name)
