@@ -129,8 +129,14 @@ def outcomes(fp: FilePatch, current: Optional[str]) -> Tuple[object, object, Opt
         return FAIL, FAIL, f"{fp.path} is missing"
     lines = split_lines(current)
     forward, failed = transform(lines, fp.hunks, "-", "+")
-    backward, _ = transform(lines, fp.hunks, "+", "-")
-    return forward, backward, failed.text() if failed is not None else None
+    backward, failed_back = transform(lines, fp.hunks, "+", "-")
+    if failed is None:
+        return forward, backward, None
+    # a patched file edited later fails forward at its first hunk: name the hunk that differs, the first
+    # one that matches neither way (the later failure of the two directions)
+    if failed_back is not None and fp.hunks.index(failed_back) > fp.hunks.index(failed):
+        return forward, backward, failed_back.text()
+    return forward, backward, failed.text()
 
 
 @dataclass
@@ -169,13 +175,25 @@ def plan(root: Path, name: str, files: Dict[str, Optional[str]], reverse: bool =
     patch = load_patch(name)
     forward, backward = {}, {}
     state = PatchState(name, "drifted", [fp.path for fp in patch])
+    reasons = {}
     for fp in patch:
         if fp.path not in files:
             path = root / fp.path
             files[fp.path] = path.read_bytes().decode("utf-8", "surrogateescape") if path.exists() else None
-        forward[fp.path], backward[fp.path], why = outcomes(fp, files[fp.path])
-        if why and state.failing_hunk is None and forward[fp.path] is FAIL:
-            state.failing_file, state.failing_hunk = fp.path, why
+        forward[fp.path], backward[fp.path], reasons[fp.path] = outcomes(fp, files[fp.path])
+    # blame a file that fits neither way; if every file fits one way or the other, the patch is half
+    # applied: blame the files not in the patched state
+    neither = [p for p in forward if forward[p] is FAIL and backward[p] is FAIL]
+    if neither:
+        state.failing_file, state.failing_hunk = neither[0], reasons[neither[0]]
+    else:
+        unpatched = [p for p in forward if backward[p] is FAIL]
+        patched = [p for p in forward if forward[p] is FAIL]
+        if unpatched and patched:
+            state.failing_file = unpatched[0]
+            state.failing_hunk = (f"{unpatched[0]} is {'missing' if files[unpatched[0]] is None else 'not patched'} "
+                                  f"while {', '.join(patched)} {'is' if len(patched) == 1 else 'are'} patched "
+                                  f"(the patch is half applied)")
     if all(v is not FAIL for v in forward.values()):
         state.state, state.failing_file, state.failing_hunk = "applicable", None, None
         state.results = {} if reverse else forward
@@ -197,21 +215,37 @@ def check(root) -> List[PatchState]:
     return states
 
 
+def check_writable(root: Path, results: Dict[str, Optional[str]]) -> None:
+    """Refuse, before anything is staged, when a folder that gets a new, replaced or deleted file is
+    not writable (a read-only checkout or sub-folder); the message names the folder."""
+    for rel in results:
+        folder = (root / rel).parent
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PatchError(f"{folder}: not writable, so {rel} cannot be changed; nothing was written")
+
+
 def write_all(root: Path, results: Dict[str, Optional[str]]) -> None:
     """Write every new text to a temporary file beside its target (keeping the target's mode), then
-    move them all into place, so a failure while writing leaves every original file untouched."""
+    move them all into place, so a failure while writing leaves every original file untouched and
+    no temporary file behind."""
+    check_writable(root, results)
     staged = []
-    for rel, text in results.items():
-        path = root / rel
-        if text is None:
-            continue
-        tmp = path.with_name(path.name + ".craft-tmp")
-        tmp.write_bytes(text.encode("utf-8", "surrogateescape"))
-        if path.exists():
-            shutil.copymode(path, tmp)
-        staged.append((tmp, path))
-    for tmp, path in staged:
-        os.replace(tmp, path)
+    try:
+        for rel, text in results.items():
+            path = root / rel
+            if text is None:
+                continue
+            tmp = path.with_name(path.name + ".craft-tmp")
+            staged.append((tmp, path))
+            tmp.write_bytes(text.encode("utf-8", "surrogateescape"))
+            if path.exists():
+                shutil.copymode(path, tmp)
+        for tmp, path in staged:
+            os.replace(tmp, path)
+    finally:
+        for tmp, _ in staged:
+            if tmp.exists():
+                tmp.unlink()
     for rel, text in results.items():
         if text is None:
             (root / rel).unlink()
