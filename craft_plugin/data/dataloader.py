@@ -69,6 +69,11 @@ def get_dataloader(root_dir: str, local_rank: int, batch_size: int, dali: bool =
                    fallback: Optional[Callable] = None):
     """Upstream's ``get_dataloader`` signature; ``.rec`` folders (without DALI) go through our
     reader, anything else (synthetic, image folders, DALI) to ``fallback``, upstream's function."""
+    halves = [name for name in ("train.rec", "train.idx") if os.path.exists(os.path.join(root_dir, name))]
+    if len(halves) == 1:  # upstream would take the folder for an image folder and fail far from the cause
+        missing = "train.idx" if halves == ["train.rec"] else "train.rec"
+        raise FileNotFoundError(f"{os.path.join(root_dir, missing)}: missing beside {halves[0]} (config.rec = "
+                                f"{root_dir!r}); a .rec needs its .idx index (and the reverse)")
     if is_rec_folder(root_dir) and not dali:
         from craft_plugin.data.dataset import RecFaceDataset
 
