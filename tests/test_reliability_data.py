@@ -14,3 +14,51 @@ def test_a_rec_without_its_idx_is_named_never_handed_to_the_image_folder_fallbac
     with pytest.raises(FileNotFoundError, match=f"{tmp_path / missing}: missing beside {present}"):
         get_dataloader(str(tmp_path), 0, 8, fallback=lambda *args: called.append(args))
     assert called == []
+
+
+def small_rec(folder, header=True):
+    import numpy as np
+
+    from craft_plugin.data.writer import write_rec
+
+    rng = np.random.default_rng(0)
+    images = [(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), label) for label in (0, 0, 1, 1, 2, 2)]
+    return write_rec(folder, images, header=header)
+
+
+def rec_config(folder, **overrides):
+    from easydict import EasyDict
+
+    return EasyDict({"rec": str(folder), "num_classes": 3, "num_image": 6, **overrides})
+
+
+@pytest.mark.parametrize("key, value, expected", [("num_classes", 2, "3, the class count in"),
+                                                  ("num_image", 7, "6, the number of image records in")])
+def test_config_counts_must_match_the_dataset(tmp_path, key, value, expected):
+    from craft_plugin.data.rec_reader_feature import check_dataset_counts
+    from craft_plugin.errors import ConfigError
+
+    folder = small_rec(tmp_path)
+    check_dataset_counts(rec_config(folder))
+    with pytest.raises(ConfigError, match=f"config.{key} = {value} is not allowed: expected {expected}"):
+        check_dataset_counts(rec_config(folder, **{key: value}))
+
+
+def test_a_nan_label_names_the_record(tmp_path):
+    import struct
+
+    from craft_plugin.data.dataset import RecFaceDataset
+    from craft_plugin.data.recordio import RecordFile
+    from craft_plugin.errors import RecordError
+
+    folder = small_rec(tmp_path, header=False)
+    records = RecordFile(folder / "train.rec", folder / "train.idx")
+    offset = int(records.offset_of(3))
+    with open(folder / "train.rec", "r+b") as handle:  # magic, length, then IRHeader (flag, label, ...)
+        handle.seek(offset + 8)
+        assert struct.unpack("<I", handle.read(4))[0] == 0
+        handle.write(struct.pack("<f", float("nan")))
+    dataset = RecFaceDataset(str(folder))
+    dataset[2]
+    with pytest.raises(RecordError, match=f"train.rec at byte offset {offset}: record 3: label nan is not a class"):
+        dataset[3]

@@ -51,7 +51,11 @@ def read_sample(records: RecordFile, key: int, rgb: bool = True) -> Tuple[np.nda
     header, payload = records.read_unpacked(key)
     where = f"{records.rec_path} record {key} at byte offset {records.offset_of(key)}"
     image = decode_rgb(payload, where) if rgb else decode_bgr(payload, where)
-    return image, int(header.label if header.flag == 0 else header.label[0])
+    label = float(header.label if header.flag == 0 else header.label[0])
+    if not (np.isfinite(label) and label == int(label) and label >= 0):
+        raise RecordError(records.rec_path, records.offset_of(key),
+                          f"record {key}: label {label!r} is not a class number (a finite integer >= 0)")
+    return image, int(label)
 
 
 class RecFaceDataset(Dataset):

@@ -51,9 +51,36 @@ class RecReaderFeature:
     def dataloader_factory(self, factory: Callable, cfg: Any) -> Callable:
         from craft_plugin.data.dataloader import get_dataloader
 
+        check_dataset_counts(cfg)
         return functools.partial(get_dataloader, fallback=factory)
 
     def verification_class(self, callback_class: type, cfg: Any) -> type:
         from craft_plugin.data.verification import CallBackVerification
 
         return CallBackVerification
+
+
+def check_dataset_counts(cfg: Any) -> None:
+    """Before the loader is built: ``config.num_classes`` must equal the class count of the ``.rec``
+    folder's ``property`` file (first field), and ``config.num_image`` the number of image records of
+    its index. Otherwise Partial FC silently drops labels >= num_classes, or the lr schedule
+    (computed from num_image) ends at the wrong step. ConfigError names both numbers."""
+    import os
+
+    from craft_plugin.data.dataloader import is_rec_folder
+    from craft_plugin.data.dataset import image_keys
+    from craft_plugin.data.recordio import RecordFile
+
+    root = cfg.get("rec")
+    if not isinstance(root, str) or not is_rec_folder(root):
+        return
+    prop = os.path.join(root, "property")
+    if os.path.exists(prop):
+        first = open(prop).read().split(",")[0].strip()
+        if first.isdigit() and cfg.get("num_classes") != int(first):
+            raise ConfigError("num_classes", cfg.get("num_classes"), f"{int(first)}, the class count in {prop}")
+    records = RecordFile(os.path.join(root, "train.rec"), os.path.join(root, "train.idx"))
+    images = len(image_keys(records))
+    if cfg.get("num_image") != images:
+        raise ConfigError("num_image", cfg.get("num_image"),
+                          f"{images}, the number of image records in {os.path.join(root, 'train.idx')}")
