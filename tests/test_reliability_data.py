@@ -62,3 +62,26 @@ def test_a_nan_label_names_the_record(tmp_path):
     dataset[2]
     with pytest.raises(RecordError, match=f"train.rec at byte offset {offset}: record 3: label nan is not a class"):
         dataset[3]
+
+
+@pytest.mark.parametrize("property_text, problem", [("3,20,20", "image is 16x16, property says 20x20"),
+                                                    ("2,16,16", "label 2 is not below property's class count 2")])
+def test_images_and_labels_must_fit_the_property(tmp_path, property_text, problem):
+    from craft_plugin.data.dataset import RecFaceDataset
+    from craft_plugin.errors import RecordError
+
+    folder = small_rec(tmp_path, header=False)
+    (folder / "property").write_text(property_text)
+    dataset = RecFaceDataset(str(folder))
+    with pytest.raises(RecordError, match=problem):
+        for index in range(len(dataset)):
+            dataset[index]
+
+
+def test_a_matching_property_reads_every_record(tmp_path):
+    from craft_plugin.data.dataset import RecFaceDataset
+
+    folder = small_rec(tmp_path, header=False)
+    dataset = RecFaceDataset(str(folder))
+    assert dataset.property == (3, 16, 16)
+    assert [int(dataset[i][1]) for i in range(len(dataset))] == [0, 0, 1, 1, 2, 2]

@@ -58,6 +58,19 @@ def read_sample(records: RecordFile, key: int, rgb: bool = True) -> Tuple[np.nda
     return image, int(label)
 
 
+def read_property(root_dir: str) -> Optional[Tuple[int, int, int]]:
+    """``(num_classes, height, width)`` from the folder's insightface ``property`` file, or None
+    when there is none; a malformed one raises RecordError naming it."""
+    path = os.path.join(root_dir, "property")
+    if not os.path.exists(path):
+        return None
+    fields = open(path).read().strip().split(",")
+    if len(fields) != 3 or not all(f.strip().isdigit() for f in fields):
+        raise RecordError(path, 0, f"expected 'num_classes,height,width', found {','.join(fields)!r}")
+    classes, height, width = (int(f) for f in fields)
+    return classes, height, width
+
+
 class RecFaceDataset(Dataset):
     def __init__(self, root_dir: str, local_rank: int = 0):
         self.root_dir = root_dir
@@ -65,11 +78,27 @@ class RecFaceDataset(Dataset):
         self.records = RecordFile(os.path.join(root_dir, "train.rec"), os.path.join(root_dir, "train.idx"))
         self.imgidx = image_keys(self.records)
         self.flips = CoinFlips()
+        self.property = read_property(root_dir)
 
     def __len__(self) -> int:
         return len(self.imgidx)
 
     def __getitem__(self, index: int):
         """``(RGB uint8 (3, H, W) image, mirrored on upstream's coin; int64 label)``."""
-        image, label = read_sample(self.records, int(self.imgidx[index]), rgb=False)
+        key = int(self.imgidx[index])
+        image, label = read_sample(self.records, key, rgb=False)
+        if self.property is not None:
+            self.check_against_property(key, image, label)
         return to_chw(image, self.flips(), bgr=True), label_tensor(label)
+
+    def check_against_property(self, key: int, image: np.ndarray, label: int) -> None:
+        """Every image has ``property``'s size and every label is below its class count (a larger
+        label would be dropped by Partial FC, another size would break batching)."""
+        classes, height, width = self.property
+        problem = None
+        if image.shape[:2] != (height, width):
+            problem = f"image is {image.shape[0]}x{image.shape[1]}, property says {height}x{width}"
+        elif label >= classes:
+            problem = f"label {label} is not below property's class count {classes}"
+        if problem:
+            raise RecordError(self.records.rec_path, self.records.offset_of(key), f"record {key}: {problem}")

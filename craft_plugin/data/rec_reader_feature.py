@@ -68,17 +68,16 @@ def check_dataset_counts(cfg: Any) -> None:
     import os
 
     from craft_plugin.data.dataloader import is_rec_folder
-    from craft_plugin.data.dataset import image_keys
+    from craft_plugin.data.dataset import image_keys, read_property
     from craft_plugin.data.recordio import RecordFile
 
     root = cfg.get("rec")
     if not isinstance(root, str) or not is_rec_folder(root):
         return
-    prop = os.path.join(root, "property")
-    if os.path.exists(prop):
-        first = open(prop).read().split(",")[0].strip()
-        if first.isdigit() and cfg.get("num_classes") != int(first):
-            raise ConfigError("num_classes", cfg.get("num_classes"), f"{int(first)}, the class count in {prop}")
+    prop = read_property(root)
+    if prop is not None and cfg.get("num_classes") != prop[0]:
+        raise ConfigError("num_classes", cfg.get("num_classes"),
+                          f"{prop[0]}, the class count in {os.path.join(root, 'property')}")
     records = RecordFile(os.path.join(root, "train.rec"), os.path.join(root, "train.idx"))
     images = len(image_keys(records))
     if cfg.get("num_image") != images:
