@@ -85,3 +85,36 @@ def test_a_matching_property_reads_every_record(tmp_path):
     dataset = RecFaceDataset(str(folder))
     assert dataset.property == (3, 16, 16)
     assert [int(dataset[i][1]) for i in range(len(dataset))] == [0, 0, 1, 1, 2, 2]
+
+
+def test_a_jpeg_with_its_second_half_zeroed_is_corrupt_in_training(tmp_path):
+    import numpy as np
+
+    from craft_plugin.data.dataset import RecFaceDataset
+    from craft_plugin.data.recordio import RecordFile
+    from craft_plugin.data.transforms import decode_bgr, encode_jpeg
+
+    rng = np.random.default_rng(1)
+    jpeg = encode_jpeg(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    damaged = jpeg[: len(jpeg) // 2] + bytes(len(jpeg) - len(jpeg) // 2)
+    assert decode_bgr(jpeg + bytes(3), "padded").shape == (16, 16, 3)  # zero padding after EOI is fine
+    with pytest.raises(ValueError, match="zeroed: JPEG of .* without its end marker"):
+        decode_bgr(damaged, "zeroed")
+    folder = small_rec(tmp_path, header=False)
+    records = RecordFile(folder / "train.rec", folder / "train.idx")
+    header_size = 8 + 24  # magic, length, IRHeader
+    offset, length = int(records.offset_of(4)), len(records.read_unpacked(4)[1])
+    with open(folder / "train.rec", "r+b") as handle:
+        handle.seek(offset + header_size + length // 2)
+        handle.write(bytes(length - length // 2))
+    dataset = RecFaceDataset(str(folder))
+    with pytest.raises(ValueError, match="record 4 at byte offset .* without its end marker"):
+        dataset[4]
+
+
+def test_jpegs_written_by_mxnet_pass_the_end_marker_check(mxnet_fixture_dir):
+    from craft_plugin.data.dataset import RecFaceDataset
+
+    dataset = RecFaceDataset(str(mxnet_fixture_dir))
+    for index in range(len(dataset)):
+        dataset[index]

@@ -23,8 +23,21 @@ from torch.utils.data import get_worker_info
 UNIT_RANGE = torch.arange(256).to(torch.float32).div(255).sub_(0.5).div_(0.5).numpy()
 
 
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
+
+
+def check_jpeg_complete(buf: bytes, where: str) -> None:
+    """A JPEG must end with its EOI marker (trailing zero padding allowed). libjpeg decodes a file
+    whose tail is lost or zeroed with only a warning on stderr and grey or garbage rows; this makes
+    it an error, counted once per record by ``rec verify`` and training alike."""
+    if buf[:2] == JPEG_START and buf[-2:] != JPEG_END and not bytes(buf).rstrip(b"\0").endswith(JPEG_END):
+        raise ValueError(f"{where}: JPEG of {len(buf)} bytes without its end marker (FFD9): truncated or "
+                         f"overwritten; libjpeg would decode it with a warning into a damaged image")
+
+
 def decode_bgr(buf: bytes, where: str) -> np.ndarray:
     """Encoded JPEG/PNG bytes -> BGR uint8 HWC; ``where`` names the file/record in the error."""
+    check_jpeg_complete(buf, where)
     img = cv2.imdecode(np.frombuffer(buf, dtype=np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise ValueError(f"{where}: {len(buf)} bytes that are not a decodable image")
