@@ -118,3 +118,33 @@ def test_jpegs_written_by_mxnet_pass_the_end_marker_check(mxnet_fixture_dir):
     dataset = RecFaceDataset(str(mxnet_fixture_dir))
     for index in range(len(dataset)):
         dataset[index]
+
+
+def test_rec_verify_reports_what_training_refuses(tmp_path):
+    """Each damaged record is one problem in rec verify, and the same record fails in training."""
+    import struct
+
+    from craft_plugin.data.dataset import RecFaceDataset
+    from craft_plugin.data.inventory import verify
+    from craft_plugin.data.recordio import RecordFile
+
+    folder = small_rec(tmp_path, header=False)
+    (folder / "property").write_text("2,16,16")       # labels go to 2: records 4 and 5 are out of range
+    records = RecordFile(folder / "train.rec", folder / "train.idx")
+    with open(folder / "train.rec", "r+b") as handle:
+        handle.seek(int(records.offset_of(1)) + 12)
+        handle.write(struct.pack("<f", float("nan")))
+        offset, length = int(records.offset_of(2)), len(records.read_unpacked(2)[1])
+        handle.seek(offset + 32 + length // 2)
+        handle.write(bytes(length - length // 2))
+    problems = {r["key"]: r["problem"] for r in verify(folder) if r["problem"]}
+    assert sorted(problems) == [1, 2, 4, 5]
+    assert "label nan" in problems[1] and "end marker" in problems[2]
+    assert problems[4] == "label 2 is not below property's class count 2"
+    dataset = RecFaceDataset(str(folder))
+    for index in range(6):
+        if index in problems:
+            with pytest.raises(ValueError):
+                dataset[index]
+        else:
+            dataset[index]

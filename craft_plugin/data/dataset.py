@@ -45,16 +45,38 @@ def image_keys(records: RecordFile) -> np.ndarray:
     return records.keys
 
 
-def read_sample(records: RecordFile, key: int, rgb: bool = True) -> Tuple[np.ndarray, int]:
-    """``(uint8 HWC image, class)`` of image record ``key`` (RGB, or BGR as OpenCV decodes);
-    errors name the file and offset."""
+def header_label(header: IRHeader) -> float:
+    """The class of an image record: its label, or the first value of an array label."""
+    return float(header.label if header.flag == 0 else header.label[0])
+
+
+def sample_problem(shape: Tuple[int, ...], label: float, prop: Optional[Tuple[int, int, int]]) -> Optional[str]:
+    """Why a decoded image record cannot be trained on, or None: a label that is not a finite
+    integer >= 0 or not below ``property``'s class count (Partial FC would drop it), an image that
+    is not ``property``'s size (batching would fail). Training and ``rec verify`` both ask this."""
+    if not (np.isfinite(label) and label == int(label) and label >= 0):
+        return f"label {label!r} is not a class number (a finite integer >= 0)"
+    if prop is not None:
+        classes, height, width = prop
+        if tuple(shape[:2]) != (height, width):
+            return f"image is {shape[0]}x{shape[1]}, property says {height}x{width}"
+        if label >= classes:
+            return f"label {int(label)} is not below property's class count {classes}"
+    return None
+
+
+def read_sample(records: RecordFile, key: int, rgb: bool = True,
+                prop: Optional[Tuple[int, int, int]] = None) -> Tuple[np.ndarray, int]:
+    """``(uint8 HWC image, class)`` of image record ``key`` (RGB, or BGR as OpenCV decodes),
+    checked by :func:`sample_problem` against ``prop`` (``read_property``); errors name the file
+    and offset."""
     header, payload = records.read_unpacked(key)
     where = f"{records.rec_path} record {key} at byte offset {records.offset_of(key)}"
     image = decode_rgb(payload, where) if rgb else decode_bgr(payload, where)
-    label = float(header.label if header.flag == 0 else header.label[0])
-    if not (np.isfinite(label) and label == int(label) and label >= 0):
-        raise RecordError(records.rec_path, records.offset_of(key),
-                          f"record {key}: label {label!r} is not a class number (a finite integer >= 0)")
+    label = header_label(header)
+    problem = sample_problem(image.shape, label, prop)
+    if problem:
+        raise RecordError(records.rec_path, records.offset_of(key), f"record {key}: {problem}")
     return image, int(label)
 
 
@@ -85,20 +107,5 @@ class RecFaceDataset(Dataset):
 
     def __getitem__(self, index: int):
         """``(RGB uint8 (3, H, W) image, mirrored on upstream's coin; int64 label)``."""
-        key = int(self.imgidx[index])
-        image, label = read_sample(self.records, key, rgb=False)
-        if self.property is not None:
-            self.check_against_property(key, image, label)
+        image, label = read_sample(self.records, int(self.imgidx[index]), rgb=False, prop=self.property)
         return to_chw(image, self.flips(), bgr=True), label_tensor(label)
-
-    def check_against_property(self, key: int, image: np.ndarray, label: int) -> None:
-        """Every image has ``property``'s size and every label is below its class count (a larger
-        label would be dropped by Partial FC, another size would break batching)."""
-        classes, height, width = self.property
-        problem = None
-        if image.shape[:2] != (height, width):
-            problem = f"image is {image.shape[0]}x{image.shape[1]}, property says {height}x{width}"
-        elif label >= classes:
-            problem = f"label {label} is not below property's class count {classes}"
-        if problem:
-            raise RecordError(self.records.rec_path, self.records.offset_of(key), f"record {key}: {problem}")

@@ -1,10 +1,11 @@
 """Facts about a ``.rec`` dataset (``rec info``) and a full integrity walk (``rec verify``)."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple, Union
 
-from craft_plugin.data.dataset import image_keys, insightface_header
+from craft_plugin.data.dataset import header_label, image_keys, insightface_header, read_property, sample_problem
 from craft_plugin.data.recordio import RecordFile, unpack
 from craft_plugin.data.transforms import decode_rgb
 from craft_plugin.errors import RecordError
@@ -40,12 +41,13 @@ def verify(path: Union[str, Path]) -> Iterator[Dict]:
     it does not repeat the key or offset)."""
     records = open_records(path)
     images = set(image_keys(records).tolist())
+    prop = read_property(os.path.dirname(records.rec_path))
     for key, offset in zip(records.keys.tolist(), records.offsets.tolist()):
         problem = None
         try:
             header, body = unpack(records.read_at(offset)[0], "the record")
             if key in images:
-                decode_rgb(body, "the image")
+                problem = sample_problem(decode_rgb(body, "the image").shape, header_label(header), prop)
         except RecordError as exc:
             problem = exc.problem
         except ValueError as exc:
