@@ -61,6 +61,19 @@ def test_inspect_refuses_a_planted_model_and_runs_nothing(tmp_path, capsys, payl
 
 
 @pytest.mark.parametrize("payload_type", PAYLOADS)
+def test_export_refuses_a_planted_model_and_runs_nothing(tmp_path, capsys, payload_type):
+    marker = tmp_path / "touched"
+    model = tmp_path / "model.pt"
+    planted_checkpoint(model, payload_type(marker))
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(model), str(out), "--module", "craft_plugin._replica.backbone:get_model",
+                 "--network", "mini"]) == 2
+    err = capsys.readouterr().err
+    assert str(model) in err and "refused" in err and "Traceback" not in err
+    assert not marker.exists() and not out.exists()
+
+
+@pytest.mark.parametrize("payload_type", PAYLOADS)
 def test_checkpoint_loaders_refuse_planted_files(tmp_path, payload_type):
     marker = tmp_path / "touched"
     path = tmp_path / "checkpoint_gpu_0.pt"

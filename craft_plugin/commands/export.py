@@ -105,12 +105,16 @@ def load_backbone_state(path: Path) -> dict:
     """The backbone state_dict of a model.pt, a folder with one, or an arcface_torch checkpoint."""
     import torch
 
+    from craft_plugin.checkpoints import UntrustedFileError, load_weights
+
     if path.is_dir():
         path = path / "model.pt"
     if not path.is_file():
         raise ExportError(f"{path}: no such file")
     try:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        state = load_weights(path)
+    except UntrustedFileError as exc:
+        raise ExportError(str(exc)) from exc
     except Exception as exc:  # a truncated or foreign file: name it, keep the reason
         raise ExportError(f"{path}: not a readable torch file with weights only ({exc})") from exc
     if isinstance(state, dict) and "state_dict_backbone" in state:
