@@ -60,3 +60,30 @@ def hash_of(tensors: Iterable[torch.Tensor]) -> str:
     for tensor in tensors:
         digest.update(tensor.detach().contiguous().numpy().tobytes())
     return digest.hexdigest()
+
+
+def sampled_norm_aware_step(spec: dict, seed: int, spread: float):
+    """One float64 step of the norm-aware Partial FC over the replica's ``PartialFC_V2`` with
+    ``sample_rate`` 0.5 (one rank, 10 classes, 4 rows of dimension 5), and what a formula needs
+    to recompute it: ``(loss, pfc, cos, remapped labels, norms)``, the cosines taken over the
+    centres the step sampled."""
+    import torch.nn.functional as F
+
+    from craft_plugin._replica.partial_fc import PartialFC_V2
+    from craft_plugin.losses import build_margin_loss
+    from craft_plugin.losses.norm_aware_pfc import norm_aware_partial_fc
+
+    gen = torch.Generator().manual_seed(seed)
+    embeddings = torch.randn(4, 5, generator=gen, dtype=torch.float64) * spread
+    labels = torch.tensor([3, 9, 3, 0])
+    weight = torch.randn(10, 5, generator=gen, dtype=torch.float64)
+    torch.manual_seed(0)
+    pfc = norm_aware_partial_fc(PartialFC_V2)(build_margin_loss(spec), 5, 10, 0.5).double()
+    with torch.no_grad():
+        pfc.weight.copy_(weight)
+    loss = pfc(embeddings.clone(), labels.clone())
+    index = pfc.weight_index
+    assert set(labels.tolist()) <= set(index.tolist()) and len(index) == 5
+    cos = F.linear(F.normalize(embeddings), F.normalize(weight[index])).clamp(-1, 1)
+    remapped = torch.tensor([index.tolist().index(y) for y in labels.tolist()])
+    return loss, pfc, cos, remapped, embeddings.norm(dim=1)

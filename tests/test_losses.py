@@ -14,6 +14,7 @@ from craft_plugin.losses import MARGIN_LOSSES, build_margin_loss
 from craft_plugin.losses.norm_aware_pfc import norm_aware_partial_fc
 from craft_plugin._replica.launch import run_distributed
 from craft_plugin._replica.partial_fc import PartialFC_V2
+from replica_helpers import sampled_norm_aware_step
 
 LABELS = torch.tensor([[2], [-1], [0], [4], [-1], [2]])
 
@@ -279,21 +280,8 @@ def test_feature_norm_losses_under_mixed_precision(norm):
 
 
 def test_soft_loss_total_and_sampling():
-    gen = torch.Generator().manual_seed(12)
-    embeddings = torch.randn(4, 5, generator=gen, dtype=torch.float64) * 4
-    labels = torch.tensor([3, 9, 3, 0])
-    weight = torch.randn(10, 5, generator=gen, dtype=torch.float64)
     spec = {"name": "sphereface-r", "norm": "soft", "s": 3.0, "m": 1.5, "lw": 2.0, "t": 0.1}
-    torch.manual_seed(0)
-    pfc = norm_aware_partial_fc(PartialFC_V2)(build_margin_loss(spec), 5, 10, 0.5).double()
-    with torch.no_grad():
-        pfc.weight.copy_(weight)
-    loss = pfc(embeddings.clone(), labels.clone())
-    index = pfc.weight_index
-    assert set(labels.tolist()) <= set(index.tolist()) and len(index) == 5
-    cos = F.linear(F.normalize(embeddings), F.normalize(weight[index])).clamp(-1, 1)
-    remapped = torch.tensor([index.tolist().index(y) for y in labels.tolist()])
-    norms = embeddings.norm(dim=1)
+    loss, pfc, cos, remapped, norms = sampled_norm_aware_step(spec, seed=12, spread=4)
     logits = expected("sphereface-r", cos, remapped.view(-1, 1), {"s": 1.0, "m": 1.5}) * norms.view(-1, 1)
     want = 2.0 * F.cross_entropy(logits, remapped) / 3.0 + 0.1 * (norms - 3.0).abs().mean()
     assert loss.item() == pytest.approx(want.item(), rel=1e-6)

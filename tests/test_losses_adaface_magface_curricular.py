@@ -24,6 +24,7 @@ from craft_plugin._replica.config import get_config
 from craft_plugin._replica.launch import run_distributed
 from craft_plugin._replica.partial_fc import PartialFC_V2
 from craft_plugin._replica.train import train as train_replica
+from replica_helpers import sampled_norm_aware_step
 
 NAMES = ["adaface", "curricularface", "magface"]
 LABELS = torch.tensor([[2], [-1], [0], [4], [-1], [2]])
@@ -168,21 +169,8 @@ def test_magface_margin_branches(easy_margin):
 def test_magface_loss_through_partial_fc_with_sampling():
     """Cross-entropy of the margin logits plus lambda_g mean g(a) over the batch; -1 rows none here
     (one rank), sampled class centres."""
-    gen = torch.Generator().manual_seed(3)
-    embeddings = torch.randn(4, 5, generator=gen, dtype=torch.float64) * 20
-    labels = torch.tensor([3, 9, 3, 0])
-    weight = torch.randn(10, 5, generator=gen, dtype=torch.float64)
-    torch.manual_seed(0)
     spec = {"name": "magface", "s": 8.0}  # CE far from Partial FC's clamp of the target probability at 1e-30
-    pfc = norm_aware_partial_fc(PartialFC_V2)(build_margin_loss(spec), 5, 10, 0.5).double()
-    with torch.no_grad():
-        pfc.weight.copy_(weight)
-    got = pfc(embeddings.clone(), labels.clone())
-    index = pfc.weight_index
-    assert set(labels.tolist()) <= set(index.tolist()) and len(index) == 5
-    cos = F.linear(F.normalize(embeddings), F.normalize(weight[index])).clamp(-1, 1)
-    remapped = torch.tensor([index.tolist().index(y) for y in labels.tolist()])
-    norms = embeddings.norm(dim=1)
+    got, pfc, cos, remapped, norms = sampled_norm_aware_step(spec, seed=3, spread=20)
     formula = MagFaceFormula(s=8.0)
     want = F.cross_entropy(formula(cos, remapped.view(-1, 1), norms), remapped) + formula.regulariser(norms)
     assert got.item() == pytest.approx(want.item(), rel=1e-9)
