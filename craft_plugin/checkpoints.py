@@ -19,7 +19,6 @@ taken from rank 0, which is also where upstream's ``model.pt`` comes from.
 """
 from __future__ import annotations
 
-import os
 import pickle
 import re
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 import torch
 
 from craft_plugin.atomic_save import save_synced, staging_path
+from craft_plugin.staged_files import replace_together
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_gpu_(\d+)\.pt")
 REQUIRED_KEYS = ("epoch", "global_step", "state_dict_backbone", "state_dict_softmax_fc",
@@ -274,16 +274,9 @@ def atomic_save_all(items: Iterable[Tuple[object, Path]],
                     progress: Optional[Callable[[Iterable], Iterable]] = None) -> None:
     """``torch.save`` each object to a temporary file beside its path, flushed and fsynced; only
     when all are written are they moved into place (a failure leaves no target touched)."""
-    staged = []
-    try:
+    with replace_together() as staged:
         for obj, path in progress(items) if progress else items:
             path = Path(path)
             tmp = Path(staging_path(path))
             staged.append((tmp, path))
             save_synced(obj, tmp)
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in staged:
-            if tmp.exists():
-                tmp.unlink()

@@ -21,6 +21,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from craft_plugin.staged_files import replace_together
+
 PATCH_NAMES = ("arcface_torch_hooks", "arcface_torch_compat")
 # files a patch adds to the checkout, copied from this package: the hook dispatcher that the patched
 # train_v2.py imports is craft_plugin/plugin_hooks.py itself, so its text exists once
@@ -229,8 +231,7 @@ def write_all(root: Path, results: Dict[str, Optional[str]]) -> None:
     move them all into place, so a failure while writing leaves every original file untouched and
     no temporary file behind."""
     check_writable(root, results)
-    staged = []
-    try:
+    with replace_together() as staged:
         for rel, text in results.items():
             path = root / rel
             if text is None:
@@ -240,12 +241,6 @@ def write_all(root: Path, results: Dict[str, Optional[str]]) -> None:
             tmp.write_bytes(text.encode("utf-8", "surrogateescape"))
             if path.exists():
                 shutil.copymode(path, tmp)
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    finally:
-        for tmp, _ in staged:
-            if tmp.exists():
-                tmp.unlink()
     for rel, text in results.items():
         if text is None:
             (root / rel).unlink()
