@@ -21,6 +21,7 @@ from craft_plugin.errors import ConfigError
 COMMANDS = {
     "bin": "craft_plugin.commands.bin",
     "demo": "craft_plugin.commands.demo",
+    "eval": "craft_plugin.commands.eval",
     "export": "craft_plugin.commands.export",
     "inspect": "craft_plugin.commands.inspect",
     "patch": "craft_plugin.commands.patch",

@@ -1,0 +1,13 @@
+"""craft-plugin eval ijb (placeholder while it is being written)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("ijb", help="(being written)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    raise NotImplementedError
