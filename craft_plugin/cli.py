@@ -5,7 +5,9 @@ imported in ``run``), so that ``craft-plugin --help`` and parse errors stay fast
 
 Conventions every verb follows: with ``--json`` stdout is exactly one JSON document and human text
 goes to stderr; a user error is one line on stderr naming the argument or file and what is allowed,
-with exit status 2 (raise :class:`UsageError`, or return 2 after printing it)."""
+with exit status 2 (raise :class:`UsageError`, or return 2 after printing it). ``--help`` is plain
+text: a verb module's docstring is usually its description, so it holds no RST markup, each
+sub-verb has a description of its own, and every option has help (``tests/test_cli_help.py``)."""
 from __future__ import annotations
 
 import argparse
@@ -35,8 +37,24 @@ class UsageError(ValueError):
     """A bad argument or input file; the message names it and says what is allowed."""
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """``--help`` that shows each option's default, taken from the option itself, unless its help
+    already says it (an option without a default, or a flag, shows none)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default %(default)s)"
+        return text
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``craft-plugin VERB: error: ...`` on stderr, exit 2."""
+    """argparse with one-line errors: ``craft-plugin VERB: error: ...`` on stderr, exit 2; every
+    verb's parser (``add_parser`` makes them of this class) shows option defaults in ``--help``."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")

@@ -100,11 +100,13 @@ def test_patch_json_reports_the_apply(tmp_path, capfd):
     assert set(json.loads(out)["patches"].values()) == {"already applied"}
 
 
-def test_patch_on_the_insightface_root_names_the_folder_to_give(tmp_path, capfd):
+@pytest.mark.parametrize("given, what", [("insightface", "the insightface clone"),
+                                         ("insightface/recognition", "insightface's recognition folder")])
+def test_patch_on_a_folder_above_arcface_torch_names_the_folder_to_give(tmp_path, capfd, given, what):
     stand_in_checkout(tmp_path / "insightface" / "recognition" / "arcface_torch")
-    status, _, err = run_cli(capfd, ["patch", str(tmp_path / "insightface")])
+    status, _, err = run_cli(capfd, ["patch", str(tmp_path / given)])
     assert status == 2
-    one_line_error(err, str(tmp_path / "insightface" / "recognition" / "arcface_torch"))
+    one_line_error(err, what, f"craft-plugin patch {tmp_path / 'insightface' / 'recognition' / 'arcface_torch'}")
 
 
 @pytest.mark.parametrize("option, value, key", [("--threshold", "5", "threshold"), ("--threshold", "-1", "threshold"),
@@ -208,6 +210,17 @@ def test_rec_info_reports_a_truncated_rec(dataset, capfd):
     rec.write_bytes(rec.read_bytes()[:RecordFile(rec).offsets[3]])
     status, out, _ = run_cli(capfd, ["rec", "info", str(dataset), "--json"])
     assert status == 1 and "point past the end" in json.loads(out)["index_problems"][0]
+
+
+def test_human_rec_info_says_whether_the_index_check_passed(dataset, capfd):
+    status, out, _ = run_cli(capfd, ["rec", "info", str(dataset)])
+    assert status == 0
+    assert f"checked: all {len(RecordFile(dataset / 'train.rec'))} entries point inside the .rec" in out
+    rec = dataset / "train.rec"
+    rec.write_bytes(rec.read_bytes()[:-30])
+    status, out, err = run_cli(capfd, ["rec", "info", str(dataset)])
+    assert status == 1
+    assert "does not fit the .rec: 1 problem(s)" in out and "checked" not in out and "truncated" in err
 
 
 def test_rec_verify_names_the_offset_once(dataset, capfd):

@@ -1,9 +1,6 @@
-"""``craft-plugin bin``: facts about (``info``) and integrity of (``verify``) arcface_torch ``.bin``
-verification sets, and ``pack PAIRS_FILE OUT`` to write one from aligned images. A ``.bin`` is read
-with the plugin's restricted unpickler (no code runs); ``pack`` writes what insightface writes and
-arcface_torch's ``load_bin`` reads: a protocol 2 pickle of ``(list of encoded images, list of bools)``.
-PAIRS_FILE has one pair per line, ``image_a image_b same`` (same: 1 or 0); relative image paths are
-relative to PAIRS_FILE's folder; blank lines and lines starting with ``#`` are skipped."""
+"""craft-plugin bin: facts about (info) and integrity of (verify) arcface_torch .bin verification
+sets, and pack PAIRS_FILE OUT to write one from aligned images. A .bin is read with the plugin's
+restricted unpickler (no code runs)."""
 from __future__ import annotations
 
 import argparse
@@ -14,6 +11,11 @@ from typing import Any, Dict, List, Tuple
 from craft_plugin.cli import UsageError, human, output_path, print_json
 
 IMAGE_SIZE = 112   # arcface_torch's aligned crops
+PACK_DESCRIPTION = ("write a .bin verification set from PAIRS_FILE, the file insightface writes and arcface_torch's "
+                    "load_bin reads: a protocol 2 pickle of (list of encoded images, list of bools). PAIRS_FILE has "
+                    "one pair per line, 'image_a image_b same' (same: 1 or 0); relative image paths are relative to "
+                    "PAIRS_FILE's folder; blank lines and lines starting with # are skipped. Every image must decode "
+                    "and be an aligned crop of --image-size x --image-size pixels.")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +29,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         v.add_argument("path", help="a .bin file (lfw.bin, cfp_fp.bin, ...)")
         v.add_argument("--json", action="store_true", help="print only one JSON document on stdout")
         v.set_defaults(run=runner)
-    v = verbs.add_parser("pack", help="write a .bin from a pairs file", description=__doc__)
+    v = verbs.add_parser("pack", help="write a .bin from a pairs file", description=PACK_DESCRIPTION)
     v.add_argument("pairs", help="text file: one 'image_a image_b same(0/1)' line per pair")
     v.add_argument("out", help="the .bin file to write")
     v.add_argument("--image-size", type=int, default=IMAGE_SIZE,

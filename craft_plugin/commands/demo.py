@@ -1,14 +1,13 @@
-"""``craft-plugin demo``: baseline vs CRAFT on a synthetic identity dataset, on the CPU.
+"""craft-plugin demo: baseline vs CRAFT on a synthetic identity dataset, on the CPU.
 
-It writes a real ``train.rec``/``train.idx``/``property`` and a ``val.bin`` (pairs of held-out
-identities), trains the mini arcface_torch pipeline twice with the same seed through the same
-hooks a patched upstream run uses (baseline, then ``config.reactivation`` set), and compares final
-loss, verification accuracy (+- std over 10 folds, and whether the difference is within noise,
-paired over the same folds) and inactive first-layer filters over time. The training setting (SGD
-lr 0.1, weight decay 3e-2, CosFace) is one where the baseline loses first-layer filters; CRAFT is
-checked every 50 steps from step 50 because the run is short (its production default is every 1000);
-``--craft-every``/``--craft-start`` change that. ``--write-docs docs/demo.md`` writes the docs page
-from this run.
+It writes a real train.rec/train.idx/property and a val.bin (pairs of held-out identities), trains
+the mini arcface_torch pipeline twice with the same seed through the same hooks a patched upstream
+run uses (baseline, then config.reactivation set), and compares final loss, verification accuracy
+(+- std over 10 folds, and whether the difference is within noise, paired over the same folds) and
+inactive first-layer filters over time. The training setting (SGD lr 0.1, weight decay 3e-2,
+CosFace) is one where the baseline loses first-layer filters; CRAFT is checked every 50 steps from
+step 50 because the run is short (its production default is every 1000); --craft-every and
+--craft-start change that. --write-docs docs/demo.md writes the docs page from this run.
 """
 from __future__ import annotations
 
@@ -28,9 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=__doc__)
     p.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     p.add_argument("--epochs", type=int, default=14, help="epochs per run (default 14, 448 steps)")
-    p.add_argument("--identities", type=int, default=64)
-    p.add_argument("--per-identity", type=int, default=16)
-    p.add_argument("--seed", type=int, default=2048)
+    p.add_argument("--identities", type=int, default=64,
+                   help="identities in the synthetic train.rec (val.bin pairs come from 40 other identities)")
+    p.add_argument("--per-identity", type=int, default=16, help="training images per identity")
+    p.add_argument("--seed", type=int, default=2048, help="seed of the synthetic data and of both runs")
     p.add_argument("--craft-every", type=int, default=DEMO_REACTIVATION["every"],
                    help=f"config.reactivation.every of the CRAFT run (default {DEMO_REACTIVATION['every']})")
     p.add_argument("--craft-start", type=int, default=DEMO_REACTIVATION["start"],

@@ -5,7 +5,7 @@ import argparse
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("ijb", help="(being written)")
+    p = sub.add_parser("ijb", help="(being written)", description="(being written)")
     p.set_defaults(run=run)
 
 

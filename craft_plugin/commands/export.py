@@ -1,14 +1,14 @@
-"""``craft-plugin export MODEL OUT.onnx``: a trained backbone as ONNX, the way arcface_torch's
-``torch2onnx.py`` exports it (eval mode, a 1x3x112x112 input named ``data``, opset 11), with the
-batch dimension dynamic, then checked with onnxruntime against PyTorch on a batch. The result loads
-in insightface's ``model_zoo.get_model`` as an ``ArcFaceONNX`` (input (x - 127.5) / 127.5 on RGB,
+"""craft-plugin export MODEL OUT.onnx: a trained backbone as ONNX, the way arcface_torch's
+torch2onnx.py exports it (eval mode, a 1x3x112x112 input named "data", opset 11), with the batch
+dimension dynamic, then checked with onnxruntime against PyTorch on a batch. The result loads in
+insightface's model_zoo.get_model as an ArcFaceONNX (input (x - 127.5) / 127.5 on RGB,
 arcface_torch's normalisation).
 
-MODEL is a ``model.pt`` (backbone state_dict), a folder holding one, or a ``checkpoint_gpu_*.pt``
-(its ``state_dict_backbone``), read with ``weights_only=True``. The network is built by a
-``get_model(name, dropout=0.0, fp16=False, num_features=E)`` factory: ``backbones.get_model`` of your
-arcface_torch checkout (``--arcface-torch PATH`` with ``--network NAME``, or with ``--config
-configs/JOB.py`` for the run's network and embedding size), or ``--module pkg.mod:factory``."""
+MODEL is a model.pt (backbone state_dict), a folder holding one, or a checkpoint_gpu_*.pt (its
+state_dict_backbone), read with weights_only=True. The network is built by a
+get_model(name, dropout=0.0, fp16=False, num_features=E) factory: backbones.get_model of your
+arcface_torch checkout (--arcface-torch PATH with --network NAME, or with --config configs/JOB.py
+for the run's network and embedding size), or --module pkg.mod:factory."""
 from __future__ import annotations
 
 import argparse
@@ -44,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--embedding-size", type=int,
                    help=f"num_features (default: the config's embedding_size, else {DEFAULT_EMBEDDING_SIZE} as torch2onnx.py)")
     p.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET}, as torch2onnx.py)")
-    p.add_argument("--check-batch", type=int, default=CHECK_BATCH, help="batch size of the onnxruntime check")
+    p.add_argument("--check-batch", type=int, default=CHECK_BATCH,
+                   help=f"batch size of the onnxruntime check (default {CHECK_BATCH})")
     p.add_argument("--json", action="store_true", help="print only a JSON summary on stdout")
     p.set_defaults(run=run)
 

@@ -1,10 +1,10 @@
-"""``craft-plugin inspect MODEL``: per-filter norms and the inactive fraction of the first
-3-input-channel convolution of an arcface_torch ``model.pt`` (backbone state_dict), a
-``checkpoint_gpu_*.pt`` (its ``state_dict_backbone``) or an ``.onnx`` export (its initializers),
-under CRAFT's criterion; writes a PNG of the filters. In an ONNX export of an eval-mode model
-the exporter usually folds BatchNorm into the convolution, so its norms are those of the folded
-filters (an inactive filter stays near zero). ``--criterion``, ``--threshold`` and
-``--reference-quantile`` default to and are validated as ``config.reactivation``'s."""
+"""craft-plugin inspect MODEL: per-filter norms and the inactive fraction of the first
+3-input-channel convolution of an arcface_torch model.pt (backbone state_dict), a
+checkpoint_gpu_*.pt (its state_dict_backbone) or an .onnx export (its initializers), under CRAFT's
+criterion; writes a PNG of the filters. In an ONNX export of an eval-mode model the exporter
+usually folds BatchNorm into the convolution, so its norms are those of the folded filters (an
+inactive filter stays near zero). --criterion, --threshold and --reference-quantile default to and
+are validated as config.reactivation's."""
 from __future__ import annotations
 
 import argparse

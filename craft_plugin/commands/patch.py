@@ -1,6 +1,7 @@
-"""``craft-plugin patch PATH``: apply, check (``--check``) or revert (``--revert``) the hook patch
-and the compatibility patch on an arcface_torch checkout. With ``--json`` each of the three prints
-one JSON document (what was found, applied or reverted) on stdout."""
+"""craft-plugin patch PATH: apply, check (--check) or revert (--revert) the hook patch and the
+compatibility patch on an arcface_torch checkout (PATH is insightface/recognition/arcface_torch).
+With --json each of the three prints one JSON document (what was found, applied or reverted) on
+stdout."""
 from __future__ import annotations
 
 import argparse
@@ -10,6 +11,8 @@ from pathlib import Path
 from craft_plugin.cli import UsageError, human, print_json
 
 ARCFACE_TORCH = Path("recognition") / "arcface_torch"   # where arcface_torch sits in an insightface clone
+# folders a user may give instead of arcface_torch's, with where arcface_torch is inside each
+NEAR_MISSES = (("the insightface clone", ARCFACE_TORCH), ("insightface's recognition folder", Path(ARCFACE_TORCH.name)))
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -24,13 +27,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def checkout(value: str) -> Path:
-    """The arcface_torch folder; an insightface clone's root gets the folder to give instead."""
+    """The arcface_torch folder; an insightface clone's root or its recognition folder gets the
+    folder to give instead."""
     path = Path(value)
     if not path.is_dir():
         raise UsageError(f"PATH {value}: no such folder; expected insightface/{ARCFACE_TORCH.as_posix()}")
-    if not (path / "train_v2.py").is_file() and (path / ARCFACE_TORCH / "train_v2.py").is_file():
-        raise UsageError(f"PATH {value}: this is the insightface clone; give its arcface_torch folder: "
-                         f"craft-plugin patch {path / ARCFACE_TORCH}")
+    if not (path / "train_v2.py").is_file():
+        for what, inside in NEAR_MISSES:
+            if (path / inside / "train_v2.py").is_file():
+                raise UsageError(f"PATH {value}: this is {what}; give its arcface_torch folder: "
+                                 f"craft-plugin patch {path / inside}")
     return path
 
 

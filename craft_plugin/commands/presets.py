@@ -1,5 +1,5 @@
-"""``craft-plugin presets``: the named presets, their values and sources; and the margin losses
-with their parameters and defaults."""
+"""craft-plugin presets: the named presets, their values and sources; and the margin losses with
+their parameters and defaults."""
 from __future__ import annotations
 
 import argparse

@@ -1,7 +1,6 @@
-"""``craft-plugin rec``: facts about (``info``), integrity of (``verify``) and packing of
-(``pack``) arcface_torch ``.rec``/``.idx`` datasets, without mxnet. ``info`` also checks the index
-against the file (an offset past the end, a truncated last record); ``pack`` writes
-``train.rec``/``train.idx``/``property`` and ``labels.tsv`` (label, identity folder) into OUT."""
+"""craft-plugin rec: facts about (info), integrity of (verify) and packing of (pack) arcface_torch
+.rec/.idx datasets, without mxnet. info also checks the index against the file (an offset past the
+end, a truncated last record)."""
 from __future__ import annotations
 
 import argparse
@@ -13,6 +12,10 @@ from typing import List
 from craft_plugin.cli import UsageError, human, output_path, print_json
 
 LABELS = "labels.tsv"   # the identity-to-label mapping pack writes beside the dataset
+PACK_DESCRIPTION = ("pack FOLDER, one sub-folder of images per identity, into OUT as an arcface_torch dataset: "
+                    f"train.rec, train.idx, property and {LABELS} (label, identity folder). Labels are 0, 1, ... "
+                    "in the sorted order of the folder names; an empty identity folder or an image that does not "
+                    "decode is an error, and OUT must be new or empty (--force writes into a non-empty one).")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -27,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         v.add_argument("--json", action="store_true", help="print only one JSON document on stdout")
         v.set_defaults(run=runner)
     v = verbs.add_parser("pack", help="pack FOLDER (one sub-folder of images per identity) into OUT",
-                         description=__doc__)
+                         description=PACK_DESCRIPTION)
     v.add_argument("folder", help="one sub-folder per identity; labels follow the sorted folder names")
     v.add_argument("out", help="output folder (new or empty)")
     v.add_argument("--force", action="store_true", help="write into OUT even if it is not empty")
@@ -87,6 +90,8 @@ def run_info(args: argparse.Namespace) -> int:
         for key, value in facts.items():
             if key != "index_problems":
                 print(f"{key:<12} {value}")
+        print(f"{'index':<12} " + (f"does not fit the .rec: {len(problems)} problem(s), on stderr" if problems else
+                                   f"checked: all {len(records)} entries point inside the .rec, the last record is whole"))
         for problem in problems:
             print(f"problem: {problem}", file=sys.stderr)
     return 1 if problems else 0

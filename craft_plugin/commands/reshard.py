@@ -1,6 +1,6 @@
-"""``craft-plugin reshard RUN_DIR OUT_DIR --world-size N``: a run's ``checkpoint_gpu_{rank}.pt``
-files re-split for N ranks, so that it resumes on another GPU count; ``--merge`` writes one file
-with the whole classifier instead. The Partial FC weight and its optimizer state are rebuilt in
+"""craft-plugin reshard RUN_DIR OUT_DIR --world-size N: a run's checkpoint_gpu_{rank}.pt files
+re-split for N ranks, so that it resumes on another GPU count; --merge writes one file with the
+whole classifier instead. The Partial FC weight and its optimizer state are rebuilt in
 class order and cut as PartialFC_V2 cuts classes for N ranks; backbone, its optimizer state, lr
 scheduler, epoch, global step and plugin state are carried over, BatchNorm running statistics
 from rank 0. An inconsistent set is refused (exit 2) and nothing is written."""
