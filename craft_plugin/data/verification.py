@@ -49,6 +49,17 @@ def kfold_accuracy(dist: np.ndarray, issame: np.ndarray, folds: int = 10,
     return accuracy
 
 
+def flip_sum_distances(per_view: Sequence[np.ndarray]) -> Tuple[np.ndarray, float]:
+    """``(squared distance of each pair, XNorm)`` from the embeddings of the images and of their
+    flips (rows 2i and 2i + 1 form pair i): the two views are summed and L2-normalised; XNorm is the
+    mean L2 norm of all embeddings of both views. Computed in the dtype given (upstream's ``test()``
+    holds the embeddings in float64)."""
+    xnorm = float(np.mean([np.linalg.norm(e, axis=1).mean() for e in per_view]))
+    emb = per_view[0] + per_view[1]
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return np.sum((emb[0::2] - emb[1::2]) ** 2, axis=1), xnorm
+
+
 @torch.no_grad()
 def embed(data: torch.Tensor, backbone: torch.nn.Module, batch_size: int) -> np.ndarray:
     """Embeddings of 0..255 images, normalised to [-1, 1] as upstream does, in batches."""
@@ -69,11 +80,7 @@ def fold_accuracy(data_set: Tuple[List[torch.Tensor], List[bool]], backbone: tor
     """``(per-fold accuracy, mean embedding norm)``: the folds are fixed by the pair order, so two
     backbones scored on one ``.bin`` can be compared fold by fold (paired)."""
     data_list, issame_list = data_set
-    per_view = [embed(data, backbone, batch_size) for data in data_list]
-    xnorm = float(np.mean([np.linalg.norm(e, axis=1).mean() for e in per_view]))
-    emb = per_view[0] + per_view[1]
-    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
-    dist = np.sum((emb[0::2] - emb[1::2]) ** 2, axis=1)
+    dist, xnorm = flip_sum_distances([embed(data, backbone, batch_size) for data in data_list])
     if dist.size < nfolds:
         logging.warning("verification: %d pairs, fewer than %d folds; using %d folds", dist.size, nfolds, dist.size)
     return kfold_accuracy(dist, np.asarray(issame_list, dtype=bool), min(nfolds, dist.size)), xnorm
