@@ -274,3 +274,15 @@ def test_run_scoring_equals_upstreams_steps(tmp_path, flip, norm_score, detector
     assert (result["images"], result["templates"], result["pairs"]) == (meta.templates.size, ids.size, meta.p1.size)
     assert result["options"] == {"flip": flip, "norm_score": norm_score, "detector_score": detector_score}
     assert result["identification"] is not None and result["target"] == "IJBC"
+
+
+def test_the_roc_plot_is_a_png_written_atomically(tmp_path):
+    pytest.importorskip("matplotlib")
+    from craft_plugin.evaluation.roc_plot import write_roc_plot
+
+    rng = np.random.default_rng(9)
+    labels = (rng.random(4000) < 0.1).astype(int)
+    report = ijb_scoring.verification_report(rng.standard_normal(4000) + 2 * labels, labels)
+    out = write_roc_plot(tmp_path / "roc.png", report, "model on IJBC")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["roc.png"]
