@@ -1,7 +1,8 @@
 """The ``arcface_torch.plugins`` entry point: hook functions called by the patched ``train_v2.py``.
 
 Hook API version 1 (see :mod:`craft_plugin.plugin_hooks` and docs/patch.md). The ``config`` hook
-resolves presets, validates the plugin's keys and builds the enabled ones of :data:`FEATURES`;
+resolves presets, validates the plugin's keys, builds the enabled ones of :data:`FEATURES` and
+refuses upstream keys their replacements would drop (:mod:`craft_plugin.upstream_keys`);
 every later hook goes straight to the enabled features that define a method of its name, in the
 order of :data:`FEATURES`. Plugin state is stored in the checkpoint dict under ``CHECKPOINT_KEY``,
 one entry per stateful feature plus ``CONFIG_RECORD``: each such feature's config value (JSON) when
@@ -19,6 +20,7 @@ from craft_plugin.config import resolve_config
 from craft_plugin.data.rec_reader_feature import RecReaderFeature
 from craft_plugin.losses.margin_loss_feature import MarginLossFeature
 from craft_plugin.reactivation.reactivation_feature import ReactivationFeature
+from craft_plugin.upstream_keys import check_replaced_keys
 
 HOOK_API = 1
 CHECKPOINT_KEY = "craft_plugin"
@@ -61,6 +63,7 @@ def config(cfg: Any, api: int = HOOK_API) -> Any:
             f"speaks {api}: re-apply the patch with `craft-plugin patch` from this craft-plugin")
     cfg = resolve_config(cfg)
     _enabled = build_features(cfg)
+    check_replaced_keys(cfg, _enabled)  # upstream keys a replaced part would have read: honoured or refused
     _config_values = {f.name: config_value(cfg, f.name) for f in _enabled}
     if _enabled:
         logging.info("craft-plugin enabled: %s", ", ".join(f.name for f in _enabled))

@@ -339,13 +339,13 @@ def test_fused_path_refuses_an_elementwise_map_with_a_per_row_scale():
         def target_logit(self, cos, rows, batch):
             return cos
 
-        def elementwise(self):
+        def logit_map(self):
             return lambda logits: logits
 
         def scale_factor(self, norms):
             return norms
 
-    with pytest.raises(NotImplementedError, match="Both: a per-row scale with an elementwise map"):
+    with pytest.raises(NotImplementedError, match="Both: a per-row scale with a logit_map"):
         Both(1.0)(cosines(1), LABELS.clone(), torch.ones(6, 1, dtype=torch.float64))
 
 

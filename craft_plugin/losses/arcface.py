@@ -21,6 +21,9 @@ class ArcFace(MarginLoss):
         super().__init__(s)
         self.m = in_range("margin_loss.m", m, 0.0, 3.14159)
 
+    def upstream_margin_list(self):
+        return (1.0, self.m, 0.0)
+
     def target_logit(self, cos, rows, batch):
         with torch.no_grad():
             shifted = torch.cos(theta_of(cos) + self.m)

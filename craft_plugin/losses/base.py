@@ -8,6 +8,14 @@ whole matrix once (``scale_factor``: ``s``, or a (B, 1) tensor), like upstream's
 no (B, C) one-hot. A loss that also needs each row's feature norm sets ``needs_norms`` and receives
 ``norms`` (B_global, 1) from :func:`craft_plugin.losses.norm_aware_pfc.norm_aware_partial_fc`,
 which also applies ``total_loss`` (loss weights, regularisers) to the cross-entropy.
+
+Upstream's ``config.interclass_filtering_threshold`` (read by arcface_torch's CombinedMarginLoss,
+shipped at 0.4 in its WebFace12M configs) is part of the contract, for every loss: with a
+threshold t > 0, every non-target cosine c_ij > t becomes 0 with zero gradient (targets exempt; a
+row whose class lives on another rank, label -1, has all of them filtered), BEFORE the loss's
+margin, map and scale, as upstream filters before its margin. The materialised path applies it in
+:meth:`MarginLoss.forward` (then ``margin_forward``), the chunked path through ``elementwise`` /
+``elementwise_vjp`` (then the loss's own ``logit_map``), once here, not per loss.
 """
 from __future__ import annotations
 
@@ -42,6 +50,37 @@ def _targets_through(ctx, logits: torch.Tensor, rows: torch.Tensor, cols: torch.
         ctx.target = logits[rows, cols].detach().requires_grad_(True)
         ctx.new = fn(ctx.target)
     return ctx.new.detach().to(logits.dtype)
+
+
+def filter_interclass_(cos: torch.Tensor, threshold: float) -> torch.Tensor:
+    """In place: every cosine above ``threshold`` becomes 0 (the chunked path's targets are
+    exempted by its caller, which keeps them apart); returns ``cos``."""
+    return cos.masked_fill_(cos > threshold, 0)
+
+
+class _InterclassFilter(torch.autograd.Function):
+    """In place on the (B, C) cosines: the non-target ones above ``threshold`` become 0, with zero
+    gradient (upstream's CombinedMarginLoss multiplies by the same 0/1 mask). The mask is kept as
+    bool (B, C) for the backward; target columns come from a fixed-size gather over every row
+    (label -1: every column of the row is a negative), so no host sync."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, threshold):
+        with torch.no_grad():
+            flat = labels.view(-1)
+            every = torch.arange(flat.numel(), device=flat.device)
+            cols = flat.clamp(min=0)
+            dirty = logits > threshold
+            dirty[every, cols] &= flat == -1
+            logits.masked_fill_(dirty, 0)
+        ctx.mark_dirty(logits)
+        ctx.save_for_backward(dirty)
+        return logits
+
+    @staticmethod
+    def backward(ctx, grad):
+        (dirty,) = ctx.saved_tensors
+        return grad.masked_fill(dirty, 0), None, None
 
 
 class _TargetMargin(torch.autograd.Function):
@@ -107,9 +146,12 @@ class _RowScaledTargetMargin(torch.autograd.Function):
 
 class MarginLoss(torch.nn.Module):
     """Base class. Subclasses implement ``target_logit`` and may override ``scale_factor``,
-    ``elementwise``, ``fused``, ``total_loss`` and ``on_step``; ``s`` is the scale (hard
-    normalisation)."""
+    ``logit_map`` (+ ``logit_map_vjp``), ``fused``, ``total_loss``, ``on_step`` and
+    ``margin_forward`` (``forward`` is the contract's: the inter-class filter, then
+    ``margin_forward``); ``s`` is the scale (hard normalisation)."""
 
+    # upstream's config.interclass_filtering_threshold, set by the margin-loss feature; 0: off
+    interclass_filtering_threshold = 0.0
     needs_norms = False
     needs_target_cosines = False  # the chunked path calls prepare_targets before any chunk
     source = ""  # the paper, and where the constructor's defaults come from (the loss's preset cites it)
@@ -122,17 +164,37 @@ class MarginLoss(torch.nn.Module):
         """New logits of the positive ``rows`` (indices into the global batch of ``batch``)."""
         raise NotImplementedError
 
-    def elementwise(self):
-        """An in-place map of every logit with straight-through gradient, or None (the default:
-        only the targets change). It may hold per-row parameters ((B_global, 1), set by
-        ``prepare_targets``): the chunked path applies it to (B_global, chunk) blocks."""
+    def logit_map(self):
+        """The loss's own in-place map of every logit (the targets are then overwritten), or None
+        (the default: only the targets change). It may hold per-row parameters ((B_global, 1),
+        set by ``prepare_targets``): the chunked path applies it to (B_global, chunk) blocks."""
         return None
 
-    def elementwise_vjp(self, cos: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """The gradient reaching the cosines ``cos`` through ``elementwise()`` given ``grad``, that of
-        the mapped logits: ``grad`` itself for the straight-through map (the default). The chunked
-        Partial FC (:mod:`craft_plugin.partial_fc.lean`) calls it on chunks of the logits."""
+    def logit_map_vjp(self, cos: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """The gradient reaching the cosines ``cos`` through ``logit_map()`` given ``grad``, that of
+        the mapped logits: ``grad`` itself for a straight-through map (the default)."""
         return grad
+
+    def elementwise(self):
+        """What the chunked Partial FC (:mod:`craft_plugin.partial_fc.lean`) maps every logit of a
+        chunk with, in place: the inter-class filter when it is on, then ``logit_map()``; None when
+        both are off."""
+        own, threshold = self.logit_map(), self.interclass_filtering_threshold
+        if threshold <= 0:
+            return own
+        return lambda cos: filter_interclass_(cos, threshold) if own is None else own(filter_interclass_(cos, threshold))
+
+    def elementwise_vjp(self, cos: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        """The gradient reaching the raw cosines ``cos`` through ``elementwise()`` given ``grad``:
+        ``logit_map_vjp`` at the filtered cosines, zeroed where the filter zeroed them. ``grad``
+        may be overwritten."""
+        threshold = self.interclass_filtering_threshold
+        if threshold <= 0:
+            return self.logit_map_vjp(cos, grad)
+        dirty = cos > threshold
+        if self.logit_map() is not None:
+            grad = self.logit_map_vjp(cos.masked_fill(dirty, 0), grad)
+        return grad.masked_fill_(dirty, 0)
 
     def target_logit_given_norms(self, cos: torch.Tensor, rows: torch.Tensor, batch: int,
                                  norms: Optional[torch.Tensor]) -> torch.Tensor:
@@ -156,9 +218,9 @@ class MarginLoss(torch.nn.Module):
         """Whether the chunked Partial FC computes this loss: all of it is ``prepare``,
         ``prepare_targets``, ``target_logit_given_norms`` (called once per forward),
         ``elementwise`` (+ ``elementwise_vjp``),
-        ``scale_factor`` and ``total_loss``. True when ``forward`` is this class's; a loss
-        overriding ``forward`` opts in."""
-        return type(self).forward is MarginLoss.forward
+        ``scale_factor`` and ``total_loss``. True when ``forward`` and ``margin_forward`` are this
+        class's; a loss overriding ``margin_forward`` opts in."""
+        return type(self).forward is MarginLoss.forward and type(self).margin_forward is MarginLoss.margin_forward
 
     def scale_factor(self, norms: Optional[torch.Tensor]) -> Union[float, torch.Tensor]:
         """What the logits are multiplied by: ``s``, or a (B, 1) tensor such as the feature norms."""
@@ -177,12 +239,21 @@ class MarginLoss(torch.nn.Module):
 
     def fused(self) -> bool:
         """Whether the fused path applies (targets through ``target_logit``, other logits through
-        ``elementwise`` with straight-through gradient, the latter only with the scalar scale ``s``);
+        ``logit_map`` with straight-through gradient, the latter only with the scalar scale ``s``);
         otherwise plain autograd."""
         return True
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor,
                 norms: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The materialised contract: the inter-class filter (when on), then ``margin_forward``."""
+        logits = at_least_float32(logits)
+        if self.interclass_filtering_threshold > 0:
+            logits = _InterclassFilter.apply(logits, labels, self.interclass_filtering_threshold)
+        return self.margin_forward(logits, labels, norms)
+
+    def margin_forward(self, logits: torch.Tensor, labels: torch.Tensor,
+                       norms: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The margin, map and scale of the (already filtered) float32+ cosines."""
         self.prepare(norms)
         logits = at_least_float32(logits)
         flat = labels.view(-1)
@@ -190,15 +261,19 @@ class MarginLoss(torch.nn.Module):
         cols = flat[rows]
         batch = logits.size(0)
         if self.fused():
-            fn, scale, each = (lambda t: self.target_logit(t, rows, batch)), self.scale_factor(norms), self.elementwise()
+            fn, scale, each = (lambda t: self.target_logit(t, rows, batch)), self.scale_factor(norms), self.logit_map()
             if not torch.is_tensor(scale):
                 return _TargetMargin.apply(logits, rows, cols, fn, scale, each)
             if each is not None:
-                raise NotImplementedError(f"{type(self).__name__}: a per-row scale with an elementwise map "
+                raise NotImplementedError(f"{type(self).__name__}: a per-row scale with a logit_map "
                                           "has no fused path; fused() must return False for it")
             return _RowScaledTargetMargin.apply(logits, rows, cols, fn, scale.to(logits.dtype))
         logits[rows, cols] = self.target_logit(logits[rows, cols], rows, batch)
         return self.scaled(logits, norms)
+
+    def upstream_margin_list(self) -> Optional[tuple]:
+        """Upstream's ``config.margin_list`` that means this same loss, or None (no such list)."""
+        return None
 
     def extra_state(self) -> dict:
         return {}

@@ -18,5 +18,8 @@ class CosFace(MarginLoss):
         super().__init__(s)
         self.m = in_range("margin_loss.m", m, 0.0, 2.0)
 
+    def upstream_margin_list(self):
+        return (1.0, 0.0, self.m)
+
     def target_logit(self, cos, rows, batch):
         return cos - self.m

@@ -88,7 +88,7 @@ class CurricularFace(MarginLoss):
         shifted = torch.cos(theta_of(cos) + self.m)
         return torch.where(cos > math.cos(math.pi - self.m), shifted, cos - math.sin(math.pi - self.m) * self.m)
 
-    def forward(self, logits, labels, norms=None):
+    def margin_forward(self, logits, labels, norms=None):
         logits = at_least_float32(logits)
         flat = labels.view(-1)
         rows = torch.nonzero(flat != -1).view(-1)
@@ -110,14 +110,14 @@ class CurricularFace(MarginLoss):
             self.threshold = torch.cos(theta_of(target) + self.m).view(-1, 1)
             self.row_t = self.t.to(target.dtype, copy=True)
 
-    def elementwise(self):
+    def logit_map(self):
         return lambda cos: cos.copy_(curriculum(cos, self.threshold, self.row_t))
 
-    def elementwise_vjp(self, cos, grad):
+    def logit_map_vjp(self, cos, grad):
         return curriculum_slope(cos, self.threshold, self.row_t).mul_(grad)
 
     def chunkable(self) -> bool:
-        return True  # forward is the materialised form of prepare_targets, target_logit and elementwise
+        return True  # margin_forward is the materialised form of prepare_targets, target_logit and logit_map
 
     def extra_state(self) -> dict:
         return {"t": self.t.detach().clone()}

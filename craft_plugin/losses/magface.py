@@ -63,15 +63,15 @@ class MagFace(MarginLoss):
     def margins(self, magnitudes: torch.Tensor) -> torch.Tensor:
         return (self.u_m - self.l_m) / (self.u_a - self.l_a) * (magnitudes - self.l_a) + self.l_m
 
-    def forward(self, logits: torch.Tensor, labels: torch.Tensor,
-                norms: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def margin_forward(self, logits: torch.Tensor, labels: torch.Tensor,
+                       norms: Optional[torch.Tensor] = None) -> torch.Tensor:
         if norms is None:
             raise RuntimeError("magface needs the feature norms: the norm-aware Partial FC "
                                "(chosen automatically through the partial_fc_class hook)")
         margin = self.margins(self.magnitudes(norms))
         self.row_margins = margin.detach()  # read by target_logit in this call
         if not margin.requires_grad:
-            return super().forward(logits, labels, norms)
+            return super().margin_forward(logits, labels, norms)
         # d target / d a_i enters as a zero-valued term on the B targets that carries only that
         # gradient (the fused path differentiates the target in the cosine alone); a fixed-size
         # gather over every row (label -1: column 0, masked) keeps it free of host syncs
@@ -79,7 +79,7 @@ class MagFace(MarginLoss):
         every = torch.arange(flat.numel(), device=flat.device)
         cols = flat.clamp(min=0)
         target = at_least_float32(logits[every, cols]).detach()
-        out = super().forward(logits, labels, norms)
+        out = super().margin_forward(logits, labels, norms)
         carried = magface_target(target, margin, self.easy_margin)
         carried = torch.where(flat != -1, carried - carried.detach(), torch.zeros_like(carried)) * self.s
         return out.index_put_((every, cols), carried.to(out.dtype), accumulate=True)
@@ -91,7 +91,7 @@ class MagFace(MarginLoss):
         return magface_target(cos, self.margins(self.magnitudes(norms))[rows].to(cos.dtype), self.easy_margin)
 
     def chunkable(self) -> bool:
-        return True  # forward is the materialised form of target_logit_given_norms
+        return True  # margin_forward is the materialised form of target_logit_given_norms
 
     def total_loss(self, ce: torch.Tensor, norms: Optional[torch.Tensor], world_size: int) -> torch.Tensor:
         a = self.magnitudes(norms)

@@ -1,7 +1,9 @@
 """``config.margin_loss`` as a plugin feature: replaces upstream's CombinedMarginLoss, picks the
 lean (chunked) Partial FC when ``config.partial_fc`` is set, else the norm-aware Partial FC for
 losses that weight the loss or need feature norms, advances margin
-schedules on real optimizer steps and keeps the loss's state (step, generator) in checkpoints."""
+schedules on real optimizer steps and keeps the loss's state (step, generator) in checkpoints.
+Upstream's ``config.interclass_filtering_threshold``, which CombinedMarginLoss would have read, is
+handed to the loss (:class:`~craft_plugin.losses.base.MarginLoss` applies it on both paths)."""
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
@@ -10,6 +12,9 @@ from craft_plugin.losses import MarginLoss, build_margin_loss
 from craft_plugin.losses.norm_aware_pfc import norm_aware_partial_fc
 from craft_plugin.partial_fc.lean import check_chunkable, lean_partial_fc
 from craft_plugin.partial_fc.options import lean_chunk
+from craft_plugin.validation import non_negative
+
+THRESHOLD_KEY = "interclass_filtering_threshold"
 
 
 class MarginLossFeature:
@@ -27,7 +32,11 @@ class MarginLossFeature:
     def from_config(cls, cfg: Any) -> Optional["MarginLossFeature"]:
         spec = cfg.get("margin_loss")
         chunk = lean_chunk(cfg)  # validated (and refused without margin_loss) even when the feature is off
-        return None if spec is None else cls(build_margin_loss(spec), chunk)
+        if spec is None:
+            return None
+        loss = build_margin_loss(spec)
+        loss.interclass_filtering_threshold = non_negative(THRESHOLD_KEY, cfg.get(THRESHOLD_KEY, 0))
+        return cls(loss, chunk)
 
     def margin_loss(self, loss: Callable, cfg: Any) -> Callable:
         return self.loss

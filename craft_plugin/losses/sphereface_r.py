@@ -90,16 +90,16 @@ class SphereFaceR(MarginLoss):
         # v2 maps every logit: fused only with a straight-through gradient and one scale s
         return self.magnitude != "v2" or (self.detach and self.norm == "hard")
 
-    def elementwise(self):
+    def logit_map(self):
         if self.magnitude != "v2":
             return None
         m = self.current_m()
         return lambda logits: logits.clamp_(-1 + COS_EPS, 1 - COS_EPS).acos_().div_(m).cos_()
 
     def chunkable(self) -> bool:
-        return True  # forward only adds the plain-autograd form of the same targets, map and scale
+        return True  # margin_forward only adds the plain-autograd form of the same targets, map and scale
 
-    def elementwise_vjp(self, cos, grad):
+    def logit_map_vjp(self, cos, grad):
         if self.detach:
             return grad
         m = self.current_m()
@@ -107,7 +107,7 @@ class SphereFaceR(MarginLoss):
             leaf = cos.detach().requires_grad_(True)
             return torch.autograd.grad(self.shaped(leaf, lambda theta: torch.cos(theta / m)), leaf, grad)[0]
 
-    def forward(self, logits, labels, norms=None):
+    def margin_forward(self, logits, labels, norms=None):
         if not self.fused():
             m = self.current_m()
             flat = labels.view(-1)
@@ -117,7 +117,7 @@ class SphereFaceR(MarginLoss):
             logits = self.shaped(at_least_float32(logits), lambda theta: torch.cos(theta / m))
             logits[rows, cols] = target
             return self.scaled(logits, norms)
-        return super().forward(logits, labels, norms)
+        return super().margin_forward(logits, labels, norms)
 
     def scale_factor(self, norms: Optional[torch.Tensor]) -> Union[float, torch.Tensor]:
         if self.norm == "hard":
