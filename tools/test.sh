@@ -9,12 +9,17 @@
 set -euo pipefail
 export CI="${CI:-true}"
 cd "$(dirname "$0")/.."
+say() { echo "tools/test.sh: $*" >&2; }
 if [ ! -x .venv/bin/python ]; then
+  say "creating .venv"
   python3 -m venv .venv
 fi
+say ".venv: installing torch 2.13.0 (the first time, a download of up to a few GB with the CUDA build)"
 .venv/bin/python -m pip install -q torch==2.13.0   # the torch the suite is tested with
+say ".venv: installing craft-plugin with its [test] extra (editable)"
 .venv/bin/python -m pip install -q -e ".[test]"
 bash tools/make_legacy_venv.sh
 bash tools/make_insightface_venv.sh
+say "running the test suite: python -m pytest -q $*"
 # pytest's exit 5 ("no tests ran") is a failure too
 exec .venv/bin/python -m pytest -q "$@"
