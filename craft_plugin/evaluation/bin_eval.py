@@ -32,7 +32,6 @@ from craft_plugin.cli import UsageError
 from craft_plugin.data.verification import flip_sum_distances, kfold_accuracy, kfold_indices
 from craft_plugin.evaluation.models import Embedder
 
-TARGETS = ("lfw", "cfp_fp", "agedb_30", "calfw", "cplfw")
 FOLDS = 10
 VAL_FAR = 1e-3
 VAL_KEY = "val_at_far_1e-3"
@@ -61,6 +60,8 @@ def slinear_inverse(x: np.ndarray, y: np.ndarray, at: float) -> float:
     coefficients y, evaluated as de Boor's recursion does (interval l: the last with t[l] <= at)."""
     t = np.concatenate([x[:1], x, x[-1:]])
     l = int(np.clip(np.searchsorted(t, at, side="right") - 1, 1, x.size - 1))
+    if t[l + 1] == t[l]:  # only at the last value, repeated: de Boor's recursion gives 0 there
+        return 0.0
     w = 1.0 / (t[l + 1] - t[l])
     return float(y[l - 1] * (w * (t[l + 1] - at)) + y[l] * (w * (at - t[l])))
 
