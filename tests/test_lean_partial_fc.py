@@ -1,6 +1,8 @@
-"""Lean (chunked) Partial FC: loss and every gradient equal the materialised Partial FC step for
-every registered loss (and SphereFace-R's variants), on 1 and 2 gloo ranks, with sampling, -1
-rows and bf16 autocast; ranks agree bit for bit; a replica training run matches step for step."""
+"""Lean (chunked) Partial FC, both modes (cosines recomputed in the backward, or kept from the
+forward): loss and every gradient equal the materialised Partial FC step for every registered loss
+(and SphereFace-R's variants), on 1 and 2 gloo ranks, with sampling, -1 rows and bf16 autocast;
+the two modes agree bit for bit; ranks agree bit for bit; a replica training run matches step for
+step."""
 from __future__ import annotations
 
 import pytest
@@ -13,6 +15,7 @@ from craft_plugin.distributed import rank_and_world_size
 from craft_plugin.errors import ConfigError
 from craft_plugin.losses import MARGIN_LOSSES, build_margin_loss
 from craft_plugin.losses.norm_aware_pfc import norm_aware_partial_fc
+from craft_plugin.partial_fc import lean as lean_module
 from craft_plugin.partial_fc.lean import DEFAULT_CHUNK, lean_partial_fc
 from craft_plugin._replica.config import get_config
 from craft_plugin._replica.launch import run_distributed
@@ -28,6 +31,7 @@ SPECS = [{"name": name} for name in CHUNKABLE] + SPHEREFACE_VARIANTS
 IDS = ["-".join(str(v) for v in spec.values()) for spec in SPECS]
 
 BATCH, DIM, CLASSES, CHUNK = 12, 16, 50, 7  # CHUNK does not divide the shard: a ragged last chunk
+MODES = {"recompute": True, "keep": False}  # config.partial_fc's "recompute"
 
 
 def global_weight():
@@ -47,10 +51,10 @@ def batch(dtype, world_size=1, rank=0):
     return x[rank * per:(rank + 1) * per].to(dtype), y[rank * per:(rank + 1) * per]
 
 
-def step(lean, spec, dtype, sample_rate=1.0, fp16=False, world_size=1, rank=0):
+def step(lean, spec, dtype, sample_rate=1.0, fp16=False, world_size=1, rank=0, mode="recompute"):
     """One forward+backward: (loss, embedding gradient, weight gradient, the loss's state after)."""
     torch.manual_seed(0)
-    cls = lean_partial_fc(PartialFC_V2, CHUNK) if lean else norm_aware_partial_fc(PartialFC_V2)
+    cls = lean_partial_fc(PartialFC_V2, CHUNK, MODES[mode]) if lean else norm_aware_partial_fc(PartialFC_V2)
     margin = build_margin_loss(spec)
     pfc = cls(margin, DIM, CLASSES, sample_rate, fp16).to(dtype)
     with torch.no_grad():  # this rank's shard of one global classifier
@@ -79,25 +83,56 @@ def assert_same_step(lean, plain, tol):
             assert torch.equal(got, want), key
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("sample_rate", [1.0, 0.3])
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
-def test_equals_the_materialised_step_float64(spec, sample_rate):
-    assert_same_step(step(True, spec, torch.float64, sample_rate), step(False, spec, torch.float64, sample_rate), 1e-10)
+def test_equals_the_materialised_step_float64(spec, sample_rate, mode):
+    assert_same_step(step(True, spec, torch.float64, sample_rate, mode=mode),
+                     step(False, spec, torch.float64, sample_rate), 1e-10)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
-def test_equals_the_materialised_step_float32(spec):
-    assert_same_step(step(True, spec, torch.float32), step(False, spec, torch.float32), 1e-5)
+def test_equals_the_materialised_step_float32(spec, mode):
+    assert_same_step(step(True, spec, torch.float32, mode=mode), step(False, spec, torch.float32), 1e-5)
 
 
+@pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("spec", SPECS, ids=IDS)
-def test_bf16_autocast_on_cpu(spec):
+def test_bf16_autocast_on_cpu(spec, mode):
     # the GEMMs run in bfloat16 as in the materialised step; the embedding gradient is summed over
     # chunks in float32 instead of coming out of one bfloat16 GEMM: they differ by bfloat16 rounding
     # (2^-8 = 3.9e-3 relative)
-    lean, plain = step(True, spec, torch.float32, fp16=True), step(False, spec, torch.float32, fp16=True)
+    lean, plain = step(True, spec, torch.float32, fp16=True, mode=mode), step(False, spec, torch.float32, fp16=True)
     assert relative(lean[0], plain[0]) <= 1e-6 and relative(lean[2], plain[2]) <= 1e-5
     assert relative(lean[1], plain[1]) <= 1e-2
+
+
+@pytest.mark.parametrize("fp16", [False, True], ids=["float32", "bf16-autocast"])
+@pytest.mark.parametrize("spec", [{"name": "arcface"}, {"name": "curricularface"},
+                                  {"name": "sphereface-r", "magnitude": "v2", "norm": "soft", "detach": False}], ids=str)
+def test_the_two_modes_agree_bit_for_bit(spec, fp16):
+    """The kept cosines are the recomputed ones (stored in the GEMM's dtype, nothing rounded)."""
+    keep, recompute = (step(True, spec, torch.float32, 0.3, fp16, mode=mode) for mode in ("keep", "recompute"))
+    for got, want in zip(keep[:3], recompute[:3]):
+        assert torch.equal(got, want)
+
+
+def test_keep_mode_frees_its_buffer_in_the_backward_and_refuses_a_second(monkeypatch):
+    """The (B, C) buffer must not live on in the loss tensor's graph until the next step."""
+    torch.manual_seed(0)
+    pfc = lean_partial_fc(PartialFC_V2, CHUNK, False)(build_margin_loss("arcface"), DIM, CLASSES, 1.0, False)
+    x, y = batch(torch.float32)
+    loss = pfc(x.requires_grad_(True), y.clone())
+    kept = loss.grad_fn.cosines
+    assert kept.flat.shape == (BATCH * CLASSES,) and kept.flat.dtype == torch.float32
+    loss.backward(retain_graph=True)
+    assert loss.grad_fn.cosines is None
+    with pytest.raises(RuntimeError, match="recompute"):
+        loss.backward()
+    monkeypatch.setattr(lean_module, "_Kept", None)  # an evaluation forward keeps nothing
+    with torch.no_grad():
+        pfc(x, y.clone())
 
 
 def test_the_materialised_path_is_sensitive_to_the_margin():
@@ -107,18 +142,19 @@ def test_the_materialised_path_is_sensitive_to_the_margin():
     assert relative(arc[0], plain[0]) > 1e-2 and relative(arc[1], plain[1]) > 1e-2
 
 
-def two_rank_steps(specs):
+def two_rank_steps(specs, mode):
     rank, world_size = rank_and_world_size()
     out = []
     for spec in specs:
         for sample_rate in (1.0, 0.3):
-            out.append([step(lean, spec, torch.float64, sample_rate, world_size=world_size, rank=rank)
+            out.append([step(lean, spec, torch.float64, sample_rate, world_size=world_size, rank=rank, mode=mode)
                         for lean in (True, False)])
     return out
 
 
-def test_two_ranks_equal_the_materialised_step_and_agree_bit_for_bit():
-    ranks = run_distributed(two_rank_steps, 2, SPECS)
+@pytest.mark.parametrize("mode", MODES)
+def test_two_ranks_equal_the_materialised_step_and_agree_bit_for_bit(mode):
+    ranks = run_distributed(two_rank_steps, 2, SPECS, mode)
     for rank_steps in ranks:
         for (lean, plain), spec in zip(rank_steps, [s for s in SPECS for _ in (1.0, 0.3)]):
             assert_same_step(lean, plain, 1e-10), spec
@@ -126,7 +162,7 @@ def test_two_ranks_equal_the_materialised_step_and_agree_bit_for_bit():
         assert torch.equal(lean0[0], lean1[0])  # the same loss on every rank
     # the ranks hold different halves of the batch and of the classes: their gradients are
     # those of the one global loss
-    single = step(True, {"name": "arcface"}, torch.float64)
+    single = step(True, {"name": "arcface"}, torch.float64, mode=mode)
     at = 2 * [spec["name"] for spec in SPECS].index("arcface")  # its sample_rate 1.0 step
     (arc0, _), (arc1, _) = ranks[0][at], ranks[1][at]
     assert relative(arc0[0], single[0]) <= 1e-12
@@ -168,6 +204,7 @@ def test_constructor_state_dict_and_sampling_are_the_base_classes():
 @pytest.mark.parametrize("value,key", [
     (8192, "partial_fc"), ("lean", "partial_fc"), ({"chunk": 0}, "partial_fc.chunk"),
     ({"chunk": True}, "partial_fc.chunk"), ({"chunk": 64.0}, "partial_fc.chunk"), ({"chnk": 64}, "partial_fc.chnk"),
+    ({"recompute": 0}, "partial_fc.recompute"), ({"recompute": "no"}, "partial_fc.recompute"),
 ])
 def test_bad_config_names_the_key(value, key):
     with pytest.raises(ConfigError) as error:
@@ -191,20 +228,23 @@ def test_the_hook_selects_the_lean_class(margin_loss):
     cfg = craft_plugin.plugin.config(EasyDict(margin_loss=margin_loss, partial_fc={"chunk": 64}))
     cls = craft_plugin.plugin.partial_fc_class(PartialFC_V2, cfg)
     assert issubclass(cls, PartialFC_V2) and cls.__name__ == "LeanPartialFC_V2" and cls.chunk_size == 64
-    cfg = craft_plugin.plugin.config(EasyDict(margin_loss=margin_loss, partial_fc={}))
-    assert craft_plugin.plugin.partial_fc_class(PartialFC_V2, cfg).chunk_size == DEFAULT_CHUNK
+    assert cls.recompute_cosines is True
+    cfg = craft_plugin.plugin.config(EasyDict(margin_loss=margin_loss, partial_fc={"recompute": False}))
+    cls = craft_plugin.plugin.partial_fc_class(PartialFC_V2, cfg)
+    assert cls.chunk_size == DEFAULT_CHUNK and cls.recompute_cosines is False
     cfg = craft_plugin.plugin.config(EasyDict(margin_loss=margin_loss))
     assert "Lean" not in craft_plugin.plugin.partial_fc_class(PartialFC_V2, cfg).__name__
 
 
-def test_replica_training_matches_the_materialised_run_step_for_step(tmp_path):
+@pytest.mark.parametrize("mode", MODES)
+def test_replica_training_matches_the_materialised_run_step_for_step(tmp_path, mode):
     """ElasticFace "+": margins drawn once per step on both paths, ranked by all-reduced cosines."""
     # float32 training amplifies rounding differences step by step: at lr 0.02 over one epoch they
     # stay at float32 rounding (at lr 0.1 this s = 64 mini run grows them to 1e-3 by step 8)
     common = dict(num_epoch=1, rec="synthetic:16x4", num_classes=16, num_image=64, batch_size=8, lr=0.02,
                   margin_loss="elasticface-arc-plus")
     plain = train(get_config(str(tmp_path / "plain"), **common), plugins=[craft_plugin.plugin])
-    lean = train(get_config(str(tmp_path / "lean"), partial_fc={"chunk": 5}, **common), plugins=[craft_plugin.plugin])
+    lean = train(get_config(str(tmp_path / "lean"), partial_fc={"chunk": 5, "recompute": MODES[mode]}, **common), plugins=[craft_plugin.plugin])
     assert "Lean" in type(lean.partial_fc).__name__ and "Lean" not in type(plain.partial_fc).__name__
     assert len(lean.losses) == len(plain.losses) == 8
     assert torch.allclose(torch.tensor(lean.losses), torch.tensor(plain.losses), rtol=1e-5, atol=0)

@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional
 from craft_plugin.losses import MarginLoss, build_margin_loss
 from craft_plugin.losses.norm_aware_pfc import norm_aware_partial_fc
 from craft_plugin.partial_fc.lean import check_chunkable, lean_partial_fc
-from craft_plugin.partial_fc.options import lean_chunk
+from craft_plugin.partial_fc.options import LeanOptions, lean_options
 from craft_plugin.validation import non_negative
 
 THRESHOLD_KEY = "interclass_filtering_threshold"
@@ -22,28 +22,28 @@ class MarginLossFeature:
 
     name = "margin_loss"
 
-    def __init__(self, loss: MarginLoss, chunk: Optional[int] = None):
+    def __init__(self, loss: MarginLoss, lean: Optional[LeanOptions] = None):
         self.loss = loss
-        self.chunk = chunk
-        if chunk is not None:
-            check_chunkable(loss, chunk)
+        self.lean = lean
+        if lean is not None:
+            check_chunkable(loss, lean.chunk)
 
     @classmethod
     def from_config(cls, cfg: Any) -> Optional["MarginLossFeature"]:
         spec = cfg.get("margin_loss")
-        chunk = lean_chunk(cfg)  # validated (and refused without margin_loss) even when the feature is off
+        lean = lean_options(cfg)  # validated (and refused without margin_loss) even when the feature is off
         if spec is None:
             return None
         loss = build_margin_loss(spec)
         loss.interclass_filtering_threshold = non_negative(THRESHOLD_KEY, cfg.get(THRESHOLD_KEY, 0))
-        return cls(loss, chunk)
+        return cls(loss, lean)
 
     def margin_loss(self, loss: Callable, cfg: Any) -> Callable:
         return self.loss
 
     def partial_fc_class(self, pfc_class: type, cfg: Any) -> type:
-        if self.chunk is not None:  # it handles feature norms and total_loss itself
-            return lean_partial_fc(pfc_class, self.chunk)
+        if self.lean is not None:  # it handles feature norms and total_loss itself
+            return lean_partial_fc(pfc_class, *self.lean)
         custom = type(self.loss).total_loss is not MarginLoss.total_loss
         return norm_aware_partial_fc(pfc_class) if self.loss.needs_norms or custom else pfc_class
 

@@ -1,6 +1,6 @@
 """Lean Partial FC: the margin softmax cross-entropy over a class shard, in class chunks.
 
-``lean_partial_fc(base, chunk)`` subclasses the Partial FC class the ``partial_fc_class`` hook
+``lean_partial_fc(base, chunk, recompute)`` subclasses the Partial FC class the ``partial_fc_class`` hook
 receives (upstream's ``PartialFC_V2`` or our replica): same constructor, parameters,
 ``state_dict`` keys, ``sample()`` for ``sample_rate < 1`` and fp16 autocast. Its forward computes
 what upstream's materialised step computes (arXiv 2203.15565, ArcFace arXiv 1801.07698)
@@ -20,14 +20,17 @@ log-sum-exp of Cut Cross-Entropy (Wijmans et al., arXiv 2411.09009) carried over
   exponentials of the non-target logits, and the B target cosines; f is applied once to the B
   targets (a stateful loss draws once per step), the targets are merged in, and max and sum are
   all-reduced across ranks as upstream's ``DistCrossEntropy`` does;
-- backward: each chunk is recomputed (one GEMM) and ``dz = (softmax - onehot) * dL/B`` formed;
+- backward: each chunk's cosines are recomputed (one GEMM; ``recompute=True``, 4 GEMMs per step)
+  or read back from the one (B, C) buffer the forward wrote them into (``recompute=False``, 3
+  GEMMs per step), and ``dz = (softmax - onehot) * dL/B`` formed;
   ``dn_i = sum_j dz_ij a_ij``; ``dc = n dz`` through g's gradient (``elementwise_vjp``) and, on the
   targets, f'(t) from a small autograd graph over the B targets and the norms (which also gives
   the norms' gradient through f, a B-sized term: MagFace's m(||x||)); two GEMMs give the embedding
   gradient (accumulated) and the chunk's weight gradient, pushed through the chunk's weight
   normalisation.
 
-Peak extra memory is a few (B, chunk) buffers plus the weight gradient itself.
+Peak extra memory is a few (B, chunk) buffers plus the weight gradient itself, and with
+``recompute=False`` the kept (B, C) cosines (float32, or the autocast dtype under fp16 autocast).
 """
 from __future__ import annotations
 
@@ -44,6 +47,9 @@ from craft_plugin.losses.base import MarginLoss, at_least_float32
 DEFAULT_CHUNK = 8192
 
 
+DEFAULT_RECOMPUTE = True
+
+
 def autocast(device: str, enabled: bool):
     """Partial FC's mixed precision: float16 on CUDA, bfloat16 on CPU, as the replica."""
     return torch.autocast(device, enabled=enabled, dtype=torch.float16 if device == "cuda" else torch.bfloat16)
@@ -54,14 +60,13 @@ NORM_EPS = 1e-12  # torch.nn.functional.normalize's
 
 class _Chunk:
     """One chunk of classes ``[start, stop)``: its normalised centres ``wn`` (k, D), the raw cosines
-    ``raw`` (B, k) (recomputed identically in forward and backward) and where this rank's targets
-    (``cols``, one per positive row) fall in it."""
+    ``raw`` (B, k) (a fresh tensor from ``cosines``: the same values in forward and backward) and
+    where this rank's targets (``cols``, one per positive row) fall in it."""
 
-    def __init__(self, xn, weight, norm, start, stop, cols, fp16):
+    def __init__(self, xn, weight, norm, start, stop, cols, cosines, forward):
         self.start, self.stop = start, stop
         self.wn = weight[start:stop] / norm[start:stop]  # F.normalize's division, row by row
-        with autocast(xn.device.type, fp16):
-            self.raw = at_least_float32(linear(xn, self.wn))
+        self.raw = cosines.raw(xn, self, forward)
         self.hit = (cols >= start) & (cols < stop)
         self.local = (cols - start).clamp(0, stop - start - 1)
 
@@ -69,6 +74,49 @@ class _Chunk:
         """``tensor[row, target column] = value`` for the targets inside this chunk (no host sync:
         the others write back what they read)."""
         tensor[rows, self.local] = torch.where(self.hit, values, tensor[rows, self.local])
+
+
+class _Recomputed:
+    """``recompute=True``: each chunk's cosines come from a GEMM in the forward and again in the
+    backward (4 GEMMs per step, nothing of size (B, C) kept)."""
+
+    once = False  # its backward may run again (retain_graph)
+
+    def __init__(self, batch: int, classes: int, fp16: bool):
+        self.fp16 = fp16
+
+    def raw(self, xn: torch.Tensor, part: _Chunk, forward: bool) -> torch.Tensor:
+        with autocast(xn.device.type, self.fp16):
+            return at_least_float32(linear(xn, part.wn))
+
+
+class _Kept(_Recomputed):
+    """``recompute=False``: the forward's GEMM output of each chunk is copied into one (B, C)
+    buffer (in the GEMM's dtype: float32, or float16/bfloat16 under autocast, so nothing is
+    rounded) and the backward reads it back instead of recomputing it: 3 GEMMs per step. The raw,
+    not the clamped, cosines are kept because the clamp's gradient mask needs them (a cosine of
+    exactly 1 passes the gradient, 1 + eps does not)."""
+
+    once = True  # the buffer is freed by the backward, not kept alive by the loss tensor
+
+    def __init__(self, batch: int, classes: int, fp16: bool):
+        super().__init__(batch, classes, fp16)
+        self.batch, self.classes, self.flat = batch, classes, None
+
+    def raw(self, xn: torch.Tensor, part: _Chunk, forward: bool) -> torch.Tensor:
+        if forward:
+            with autocast(xn.device.type, self.fp16):
+                out = linear(xn, part.wn)
+            if self.flat is None:  # one allocation, each chunk a contiguous (B, k) block of it
+                self.flat = torch.empty(self.batch * self.classes, dtype=out.dtype, device=out.device)
+            self._block(part).copy_(out)
+            return at_least_float32(out)
+        block = self._block(part)
+        wide = at_least_float32(block)
+        return wide.clone() if wide is block else wide  # the caller writes into it
+
+    def _block(self, part: _Chunk) -> torch.Tensor:
+        return self.flat[self.batch * part.start:self.batch * part.stop].view(self.batch, -1)
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -82,8 +130,9 @@ class _ChunkedMarginCE(torch.autograd.Function):
     tensor (a per-row scale with gradient)."""
 
     @staticmethod
-    def forward(ctx, xn, weight, scale, norms, labels, loss, chunk, fp16):
+    def forward(ctx, xn, weight, scale, norms, labels, loss, chunk, fp16, recompute):
         batch, classes = xn.size(0), weight.size(0)
+        ctx.cosines = cosines = (_Recomputed if recompute else _Kept)(batch, classes, fp16)
         flat = labels.view(-1)
         # row indices of this rank's targets: one host sync per step, as upstream's DistCrossEntropy
         rows = torch.nonzero(flat != -1).view(-1)
@@ -98,7 +147,7 @@ class _ChunkedMarginCE(torch.autograd.Function):
         row_sum = torch.zeros_like(row_max)
         target = torch.zeros(rows.size(0), dtype=dtype, device=xn.device)
         for start in range(0, classes, chunk):
-            part = _Chunk(xn, weight, norm, start, min(start + chunk, classes), cols, fp16)
+            part = _Chunk(xn, weight, norm, start, min(start + chunk, classes), cols, cosines, True)
             z = part.raw.clamp_(-1, 1)
             target = torch.where(part.hit, z[rows, part.local], target)
             if each is not None:
@@ -133,7 +182,12 @@ class _ChunkedMarginCE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss):
         xn, weight, norm, scale, rows, cols, log_norm, ft, p_target = ctx.saved_tensors
-        loss, chunk = ctx.loss, ctx.chunk
+        loss, chunk, cosines = ctx.loss, ctx.chunk, ctx.cosines
+        if cosines is None:
+            raise RuntimeError('a second backward through the lean Partial FC with partial_fc "recompute": False: '
+                               "its kept cosines went with the first (use the default recompute for retain_graph)")
+        if cosines.once:
+            ctx.cosines = None
         batch, classes = xn.size(0), weight.size(0)
         g = grad_loss / batch
         n = scale if scale is not None else ctx.scalar
@@ -148,8 +202,8 @@ class _ChunkedMarginCE(torch.autograd.Function):
         grad_xn = torch.zeros(xn.shape, dtype=log_norm.dtype, device=xn.device)
         grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
         for start in range(0, classes, chunk):
-            part = _Chunk(xn, weight, norm, start, min(start + chunk, classes), cols, ctx.fp16)
-            inside = (part.raw >= -1) & (part.raw <= 1)  # clamp's gradient mask (bool: a quarter buffer)
+            part = _Chunk(xn, weight, norm, start, min(start + chunk, classes), cols, cosines, False)
+            inside = part.raw.abs() <= 1  # clamp's gradient mask (bool: a quarter buffer)
             c = part.raw.clamp_(-1, 1)
             a = each(c.clone()) if each is not None else c
             part.put(a, rows, ft)
@@ -165,7 +219,8 @@ class _ChunkedMarginCE(torch.autograd.Function):
             del c, a, inside
             _linear_backward(dc, xn, part, grad_xn, grad_weight, norm, ctx.fp16)
             del part, da, dc  # before the next chunk's buffers exist
-        return grad_xn.to(xn.dtype), grad_weight, grad_scale, grad_norms, None, None, None, None
+        del cosines  # the kept (B, C) buffer, before the optimizer step allocates anything
+        return grad_xn.to(xn.dtype), grad_weight, grad_scale, grad_norms, None, None, None, None, None
 
 
 def _target_cosines(xn, weight, norm, rows, cols, dtype, fp16) -> torch.Tensor:
@@ -221,11 +276,13 @@ def check_chunkable(margin_loss: Any, chunk: int) -> None:
                           f"(its MarginLoss.chunkable()); the margin loss is {type(margin_loss).__name__}")
 
 
-def lean_partial_fc(base: type, chunk: int = DEFAULT_CHUNK) -> type:
-    """A subclass of the Partial FC class ``base`` whose forward never holds the (B, C) logits."""
+def lean_partial_fc(base: type, chunk: int = DEFAULT_CHUNK, recompute: bool = DEFAULT_RECOMPUTE) -> type:
+    """A subclass of the Partial FC class ``base`` whose forward never holds the (B, C) logits;
+    ``recompute=False`` keeps the (B, C) cosines for the backward instead of recomputing them."""
 
     class LeanPartialFC(base):
         chunk_size = chunk
+        recompute_cosines = recompute
 
         def __init__(self, margin_loss, *args, **kwargs):
             check_chunkable(margin_loss, chunk)
@@ -240,7 +297,8 @@ def lean_partial_fc(base: type, chunk: int = DEFAULT_CHUNK) -> type:
             margin.prepare(norms)
             scale = margin.scale_factor(norms)
             scale = scale.to(at_least_float32(xn).dtype) if torch.is_tensor(scale) else scale
-            loss = _ChunkedMarginCE.apply(xn, weight, scale, norms, labels, margin, self.chunk_size, self.fp16)
+            keep = not self.recompute_cosines and torch.is_grad_enabled()  # nothing kept for an evaluation forward
+            loss = _ChunkedMarginCE.apply(xn, weight, scale, norms, labels, margin, self.chunk_size, self.fp16, not keep)
             return margin.total_loss(loss, norms, self.world_size)
 
     LeanPartialFC.__name__ = LeanPartialFC.__qualname__ = f"Lean{base.__name__}"
