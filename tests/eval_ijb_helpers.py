@@ -27,9 +27,23 @@ class TinyNet(nn.Module):
         return self.bn(self.fc(self.features(x)))
 
 
+class FeatureMap(nn.Module):
+    """Not an embedding model: its output is a (N, C, H, W) feature map."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
 def get_model(name: str, dropout: float = 0.0, fp16: bool = False, num_features: int = 512, **kwargs) -> nn.Module:
+    """``tiny``: :class:`TinyNet`; ``featuremap``: :class:`FeatureMap` (a model eval must refuse)."""
+    if name == "featuremap":
+        return FeatureMap()
     if name != "tiny":
-        raise ValueError(f"only 'tiny' here, got {name!r}")
+        raise ValueError(f"'tiny' or 'featuremap' here, got {name!r}")
     return TinyNet(num_features)
 
 

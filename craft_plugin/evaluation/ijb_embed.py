@@ -134,6 +134,9 @@ def embed_ijb(meta: IJBMeta, embedder, path: Optional[Path], batch_size: int, wo
                     keep = indices >= 0
                     out[indices[keep].numpy()] = feats[keep.to(feats.device)].cpu().numpy()
                 bar.update(int((indices >= 0).sum()))
+    except BaseException:
+        bar.leave = False   # the error is the one line left on stderr
+        raise
     finally:
         bar.close()
         if out is not None:

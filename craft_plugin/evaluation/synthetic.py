@@ -25,14 +25,7 @@ import cv2
 import numpy as np
 
 from craft_plugin.evaluation.alignment import ALIGNED_SIZE, ARCFACE_TEMPLATE
-
-GALLERY_NAMES = {"IJBB": ("S1", "S2"), "IJBC": ("G1", "G2")}
-
-
-def gallery_files(target: str) -> List[str]:
-    """The release's 1:N file names for ``target``: gallery 1, gallery 2, mixed probes."""
-    t = target.lower()
-    return [f"{t}_1N_gallery_{g}.csv" for g in GALLERY_NAMES[target]] + [f"{t}_1N_probe_mixed.csv"]
+from craft_plugin.evaluation.identification import list_files
 
 
 def identity_pattern(rng: np.random.Generator) -> np.ndarray:
@@ -105,9 +98,9 @@ def write_synthetic_ijb(root, target: str = "IJBC", identities: int = 6, templat
         first = {s: min(tp for tp, sub in template_subject.items() if sub == s) for s in range(identities)}
         galleries = [[first[s] for s in range(identities) if s % 2 == g] for g in (0, 1)]
         probes = [tp for tp in sorted(template_subject) if tp not in first.values()]
-        for name, listed in zip(gallery_files(target), galleries + [probes]):
+        for path, listed in zip(list_files(root, target), galleries + [probes]):
             rows = ["TEMPLATE_ID,SUBJECT_ID,FILENAME"]
             rows += [f"{tp},{template_subject[tp] + 1},{image_name}" for tp in listed for image_name in template_images[tp]]
-            (meta / name).write_text("\n".join(rows) + "\n")
+            path.write_text("\n".join(rows) + "\n")
     return {"images": image, "templates": len(template_subject), "media": media, "identities": identities,
             "pairs": len(pair_lines), "genuine": len(genuine)}

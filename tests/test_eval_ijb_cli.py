@@ -1,0 +1,226 @@
+"""craft-plugin eval ijb end to end on a synthetic IJB-C set: one JSON document, the files under --out,
+scores equal to a reference written here from the saved features, rescoring from --features
+without images, two gloo processes giving the single process's features, and every bad input one
+line with exit 2 and nothing written."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from craft_plugin._replica.launch import run_distributed
+from craft_plugin.cli import main
+from craft_plugin.evaluation.roc import FAR_TARGETS, far_key
+from craft_plugin.evaluation.synthetic import write_synthetic_ijb
+from eval_ijb_helpers import EMBEDDING_SIZE, MODULE_ARGS, FeatureMap, save_tiny_model
+
+COUNTS = dict(identities=4, templates_per_identity=3, media_per_template=2, max_frames=2)
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval_ijb")
+    counts = write_synthetic_ijb(root / "IJBC", seed=1, **COUNTS)
+    save_tiny_model(root / "model.pt")
+    return root, counts
+
+
+def argv(root, out, *extra):
+    return ["eval", "ijb", str(root / "model.pt"), "--ijb", str(root / "IJBC"), "--target", "IJBC", *MODULE_ARGS,
+            "--device", "cpu", "--batch-size", "8", "--workers", "0", "--out", str(out), "--json", *extra]
+
+
+def run_cli(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def reference_scores(meta_dir, raw, flip=True, norm_score=True, detector_score=True):
+    """eval_ijbc.py's steps written out with loops: flip sum, norm, faceness, media mean, template sum,
+    L2 norm, cosine per pair."""
+    rows = [line.split() for line in (meta_dir / "ijbc_name_5pts_score.txt").read_text().splitlines()]
+    faceness = np.array([r[-1] for r in rows]).astype(np.float32)
+    tid_mid = {r[0]: (int(r[1]), int(r[2])) for r in
+               (line.split() for line in (meta_dir / "ijbc_face_tid_mid.txt").read_text().splitlines())}
+    feats = {}
+    for i, r in enumerate(rows):
+        x = raw[i, 0] + raw[i, 1] if flip else raw[i, 0].copy()
+        if not norm_score:
+            x = x / np.sqrt(np.sum(x ** 2))
+        if detector_score:
+            x = x * faceness[i]
+        feats.setdefault(tid_mid[r[0]][0], {}).setdefault(tid_mid[r[0]][1], []).append(x)
+    template = {}
+    for t, medias in feats.items():
+        total = sum(np.mean(v, axis=0) for _, v in sorted(medias.items())).astype(np.float64)
+        template[t] = total / np.linalg.norm(total)
+    pairs = [tuple(map(int, line.split())) for line in (meta_dir / "ijbc_template_pair_label.txt").read_text().splitlines()]
+    return np.array([template[a] @ template[b] for a, b, _ in pairs]), np.array([lab for _, _, lab in pairs])
+
+
+def test_json_document_files_and_scores(release, tmp_path, capsys):
+    root, counts = release
+    code, out, err = run_cli(argv(root, tmp_path / "out"), capsys)
+    assert code == 0, err
+    doc = json.loads(out)                               # exactly one JSON document on stdout
+    keys = [far_key(f) for f in FAR_TARGETS]
+    assert keys == ["1e-06", "1e-05", "1e-04", "1e-03", "1e-02", "1e-01"]
+    for rule in ("tar_at_far", "tar_at_far_strict"):
+        assert sorted(doc[rule]) == sorted(keys) and all(0.0 <= doc[rule][k] <= 1.0 for k in keys)
+    assert (doc["kind"], doc["target"]) == ("ijb", "IJBC")
+    assert (doc["images"], doc["templates"], doc["pairs"]) == (counts["images"], counts["templates"], counts["pairs"])
+    assert doc["options"] == {"flip": True, "norm_score": True, "detector_score": True}
+    assert doc["identification"] is not None and doc["model"]["format"] == "torch"
+    assert "nearest (upstream)" in err and "embed IJBC" in err   # the human table and the progress bar
+    files = doc["files"]
+    assert json.loads((tmp_path / "out" / "ijbc_results.json").read_text()) == doc
+    raw = np.load(files["features"])
+    assert raw.shape == (counts["images"], 2, EMBEDDING_SIZE) and raw.dtype == np.float32
+    record = json.loads(open(files["features"] + ".json").read())
+    assert (record["images"], record["dim"], record["target"]) == (counts["images"], EMBEDDING_SIZE, "IJBC")
+    expected, labels = reference_scores(root / "IJBC" / "meta", raw)
+    scores = np.load(files["scores"])
+    assert scores.shape == (counts["pairs"],) and np.allclose(scores, expected, rtol=0, atol=1e-6)
+    pairs = np.load(files["pairs"])
+    assert np.array_equal(pairs["labels"], labels) and pairs["p1"].size == counts["pairs"]
+    assert open(files["roc_plot"], "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        ["ijbc_features.npy", "ijbc_features.npy.json", "ijbc_pairs.npz", "ijbc_results.json", "ijbc_roc.png",
+         "ijbc_scores.npy"])
+
+
+def test_rescoring_from_features_reads_no_image(release, tmp_path, capsys):
+    root, _ = release
+    data = tmp_path / "data"
+    shutil.copytree(root / "IJBC", data / "IJBC")
+    shutil.copy(root / "model.pt", data / "model.pt")
+    features = tmp_path / "features.npy"
+    code, first, err = run_cli(argv(data, tmp_path / "a", "--features", str(features)), capsys)
+    assert code == 0, err and features.is_file()
+    fresh_no_flip = json.loads(run_cli(argv(data, tmp_path / "b", "--no-flip", "--no-detector-score"), capsys)[1])
+    for image in (data / "IJBC" / "loose_crop").iterdir():
+        image.unlink()                                    # rescoring must not need them
+    code, again, err = run_cli(argv(data, tmp_path / "c", "--features", str(features)), capsys)
+    assert code == 0, err and "rescored from saved features" in err
+    a, c = json.loads(first), json.loads(again)
+    for key in ("tar_at_far", "tar_at_far_strict", "identification", "images", "templates", "pairs"):
+        assert a[key] == c[key]
+    assert np.array_equal(np.load(tmp_path / "a" / "ijbc_scores.npy"), np.load(tmp_path / "c" / "ijbc_scores.npy"))
+    code, changed, err = run_cli(argv(data, tmp_path / "d", "--features", str(features), "--no-flip",
+                                      "--no-detector-score"), capsys)
+    assert code == 0, err
+    d = json.loads(changed)
+    assert d["options"] == {"flip": False, "norm_score": True, "detector_score": False}
+    assert np.array_equal(np.load(tmp_path / "d" / "ijbc_scores.npy"), np.load(tmp_path / "b" / "ijbc_scores.npy"))
+    assert d["tar_at_far"] == fresh_no_flip["tar_at_far"]
+    expected, _ = reference_scores(data / "IJBC" / "meta", np.load(features), flip=False, detector_score=False)
+    assert np.allclose(np.load(tmp_path / "d" / "ijbc_scores.npy"), expected, rtol=0, atol=1e-6)
+    assert not np.allclose(np.load(tmp_path / "d" / "ijbc_scores.npy"), np.load(tmp_path / "a" / "ijbc_scores.npy"))
+
+
+def cli_rank(args):
+    """One torchrun-like rank: the CLI inside an initialised gloo group."""
+    import contextlib
+    import io
+
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(args)
+    return code, stdout.getvalue()
+
+
+def test_two_gloo_processes_give_the_single_process_features(release, tmp_path, capsys):
+    root, _ = release
+    code, single, err = run_cli(argv(root, tmp_path / "one"), capsys)
+    assert code == 0, err
+    results = run_distributed(cli_rank, 2, argv(root, tmp_path / "two", "--batch-size", "5"))
+    assert [r[0] for r in results] == [0, 0]
+    assert results[1][1] == ""                            # rank 1 embeds its share and prints nothing
+    two = json.loads(results[0][1])
+    one = json.loads(single)
+    f1, f2 = np.load(tmp_path / "one" / "ijbc_features.npy"), np.load(tmp_path / "two" / "ijbc_features.npy")
+    assert np.allclose(f1, f2, rtol=0, atol=1e-6 * np.abs(f1).max())
+    assert np.abs(f2).min(axis=(1, 2)).max() > 0 and np.all(np.abs(f2).sum(axis=(1, 2)) > 0)   # every row written
+    assert two["tar_at_far"] == one["tar_at_far"] and two["pairs"] == one["pairs"]
+
+
+def write_unsupported_onnx(path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["data"], ["out"])], "g",
+                              [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 1, 112, 112])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, 112, 112])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), str(path))
+
+
+def break_release(kind, data, model_args):
+    meta = data / "IJBC" / "meta"
+    if kind == "missing-meta":
+        (meta / "ijbc_face_tid_mid.txt").unlink()
+        return "ijbc_face_tid_mid.txt: missing"
+    if kind == "landmark-line":
+        lines = (meta / "ijbc_name_5pts_score.txt").read_text().splitlines()
+        lines[2] = lines[2].replace(" ", " oops ", 1)
+        (meta / "ijbc_name_5pts_score.txt").write_text("\n".join(lines) + "\n")
+        return "ijbc_name_5pts_score.txt:3: expected NAME"
+    if kind == "unreadable-image":
+        (data / "IJBC" / "loose_crop" / "4.jpg").write_bytes(b"not a jpeg")
+        return f"{data / 'IJBC' / 'loose_crop' / '4.jpg'}: 10 bytes that are not a decodable image"
+    if kind == "unknown-template":
+        with open(meta / "ijbc_template_pair_label.txt", "a") as handle:
+            handle.write("1 777 0\n")
+        return "template 777 has no image"
+    if kind == "not-an-embedding":
+        torch.save(FeatureMap().state_dict(), data / "model.pt")
+        model_args[model_args.index("tiny")] = "featuremap"
+        return "not an embedding model"
+    if kind == "onnx-input":
+        write_unsupported_onnx(data / "model.onnx")
+        model_args[2] = str(data / "model.onnx")
+        for option in ("--module", "--network", "--embedding-size"):
+            at = model_args.index(option)
+            del model_args[at:at + 2]
+        return "unsupported input"
+    if kind == "features-of-other-data":
+        features = data / "f.npy"
+        np.save(features, np.zeros((3, 2, EMBEDDING_SIZE), np.float32))
+        (data / "f.npy.json").write_text(json.dumps({"images": 3, "dim": EMBEDDING_SIZE, "target": "IJBC",
+                                                     "meta_sha256": "0", "model": {}}))
+        model_args += ["--features", str(features)]
+        return "holds features of other data (images 3"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["missing-meta", "landmark-line", "unreadable-image", "unknown-template",
+                                  "not-an-embedding", "onnx-input", "features-of-other-data"])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(release, tmp_path, capsys, kind):
+    root, _ = release
+    data = tmp_path / "data"
+    shutil.copytree(root / "IJBC", data / "IJBC")
+    shutil.copy(root / "model.pt", data / "model.pt")
+    out = tmp_path / "out"
+    args = argv(data, out)
+    message = break_release(kind, data, args)
+    code, stdout, err = run_cli(args, capsys)
+    assert code == 2 and stdout == ""
+    line = err.rsplit("\r", 1)[-1]                      # what a progress bar cleared from the line
+    assert err.count("\n") == 1 and line.startswith("craft-plugin eval: ") and "Traceback" not in err, err
+    assert message in err, err
+    assert not out.exists()
+
+
+def test_a_failed_run_leaves_earlier_results_untouched(release, tmp_path, capsys):
+    root, _ = release
+    data = tmp_path / "data"
+    shutil.copytree(root / "IJBC", data / "IJBC")
+    shutil.copy(root / "model.pt", data / "model.pt")
+    out = tmp_path / "out"
+    assert run_cli(argv(data, out), capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    (data / "IJBC" / "loose_crop" / "7.jpg").write_bytes(b"")
+    code, _, err = run_cli(argv(data, out, "--no-flip"), capsys)
+    assert code == 2 and "7.jpg" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before     # no .partial file left either
