@@ -125,7 +125,7 @@ def test_rec_verify_reports_what_training_refuses(tmp_path):
     import struct
 
     from craft_plugin.data.dataset import RecFaceDataset
-    from craft_plugin.data.inventory import verify
+    from craft_plugin.data.inventory import plan, verify
     from craft_plugin.data.recordio import RecordFile
 
     folder = small_rec(tmp_path, header=False)
@@ -137,7 +137,7 @@ def test_rec_verify_reports_what_training_refuses(tmp_path):
         offset, length = int(records.offset_of(2)), len(records.read_unpacked(2)[1])
         handle.seek(offset + 32 + length // 2)
         handle.write(bytes(length - length // 2))
-    problems = {r["key"]: r["problem"] for r in verify(folder) if r["problem"]}
+    problems = {r["key"]: r["problem"] for r in verify(records, plan(records)) if r["problem"]}
     assert sorted(problems) == [1, 2, 4, 5]
     assert "label nan" in problems[1] and "end marker" in problems[2]
     assert problems[4] == "label 2 is not below property's class count 2"

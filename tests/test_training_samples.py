@@ -93,7 +93,7 @@ def test_read_unpacked_equals_unpack_of_read(tmp_path):
         assert body == ref_body and type(body) is bytes
         assert (header.flag, np.asarray(header.label).tolist(), header.id, header.id2) == \
             (ref_header.flag, np.asarray(ref_header.label).tolist(), ref_header.id, ref_header.id2)
-    with pytest.raises(ValueError, match=r"x.rec record 5 at byte offset \d+: 5 bytes, shorter than"):
+    with pytest.raises(ValueError, match=r"x.rec at byte offset \d+: record 5: 5 bytes, shorter than"):
         records.read_unpacked(5)
 
 

@@ -7,8 +7,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import List
-
 from craft_plugin.cli import UsageError, human, output_path, print_json
 
 LABELS = "labels.tsv"   # the identity-to-label mapping pack writes beside the dataset
@@ -37,52 +35,53 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(run=run_pack)
 
 
-def open_dataset(path: str):
-    from craft_plugin.data.inventory import open_records
-    from craft_plugin.errors import RecordError
+DAMAGED = 1   # the exit status of rec info / rec verify for a damaged dataset (2: PATH is not a dataset)
 
-    if not Path(path).exists():
+
+def dataset_paths(path: str):
+    """``(rec, idx)`` of PATH, a dataset folder or a ``.rec``; a missing path or file, or a
+    ``.bin``, is a UsageError (exit 2): PATH is not a dataset, as opposed to a damaged one."""
+    given = Path(path)
+    if not given.exists():
         raise UsageError(f"PATH {path}: no such file or folder")
-    if Path(path).suffix == ".bin":
+    if given.suffix == ".bin":
         raise UsageError(f"PATH {path}: a .bin verification set; use craft-plugin bin info/verify")
-    try:
-        return open_records(path)
-    except (RecordError, ValueError) as exc:
-        raise UsageError(str(exc)) from exc
+    rec = given / "train.rec" if given.is_dir() else given
+    idx = rec.with_suffix(".idx")
+    for file in (rec, idx):
+        if not file.is_file():
+            raise UsageError(f"PATH {path}: {file} missing: a dataset is a .rec and its .idx"
+                             + (" (a folder holds train.rec and train.idx)" if given.is_dir() else ""))
+    return rec, idx
 
 
-def index_problems(records) -> List[str]:
-    """What the ``.idx`` promises and the ``.rec`` does not hold: offsets past the end, and the
-    record at the largest offset (the one a truncated copy loses first) cut short."""
-    from craft_plugin.errors import RecordError
-
-    problems = []
-    past = records.offsets >= records.size
-    if past.any():
-        problems.append(f"{int(past.sum())} of {len(records)} index entries point past the end of "
-                        f"{records.rec_path} ({records.size} bytes), from key {int(records.keys[past].min())}: "
-                        f"the .rec is truncated or the .idx belongs to another file")
-    inside = records.offsets[~past]
-    if inside.size:
-        try:
-            records.read_at(int(inside.max()))
-        except RecordError as exc:
-            problems.append(f"the last record (byte offset {exc.offset}): {exc.problem}")
-    return problems
+def report_damage(args: argparse.Namespace, exc: Exception, facts: dict) -> int:
+    """A damaged dataset: one line on stderr naming the file and offset, ``facts`` (with the line
+    as ``dataset_problem``) as the JSON document under --json; exit status DAMAGED."""
+    print(f"craft-plugin rec {args.rec_command}: damaged dataset: {exc}", file=sys.stderr)
+    if args.json:
+        print_json({**facts, "dataset_problem": str(exc)})
+    return DAMAGED
 
 
 def run_info(args: argparse.Namespace) -> int:
     from craft_plugin.data.inventory import info
+    from craft_plugin.data.recordio import RecordFile, index_problems
     from craft_plugin.errors import RecordError
 
-    records = open_dataset(args.path)
-    problems = index_problems(records)
+    rec, idx = dataset_paths(args.path)
+    facts = {"rec": str(rec), "idx": str(idx), "file_bytes": rec.stat().st_size}
     try:
-        facts = info(args.path)
+        records = RecordFile(rec, idx)
+    except RecordError as exc:
+        return report_damage(args, exc, facts)
+    facts["records"] = len(records)
+    problems = [str(problem) for problem in index_problems(records)]
+    try:
+        facts = info(records)
     except (RecordError, ValueError) as exc:
         if not problems:
-            raise UsageError(str(exc)) from exc
-        facts = {"rec": records.rec_path, "idx": records.idx_path, "records": len(records), "file_bytes": records.size}
+            return report_damage(args, exc, facts)
     facts["index_problems"] = problems
     if args.json:
         print_json(facts)
@@ -94,19 +93,29 @@ def run_info(args: argparse.Namespace) -> int:
                                    f"checked: all {len(records)} entries point inside the .rec, the last record is whole"))
         for problem in problems:
             print(f"problem: {problem}", file=sys.stderr)
-    return 1 if problems else 0
+    return DAMAGED if problems else 0
 
 
 def run_verify(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from craft_plugin.data.inventory import verify
+    from craft_plugin.data.inventory import plan, verify
+    from craft_plugin.data.recordio import RecordFile
+    from craft_plugin.errors import RecordError
 
-    total = len(open_dataset(args.path))
+    rec, idx = dataset_paths(args.path)
+    facts = {"path": args.path, "corrupt": []}
+    try:
+        records = RecordFile(rec, idx)
+        facts["records"] = len(records)
+        checks = plan(records)
+    except RecordError as exc:
+        return report_damage(args, exc, facts)
+    total = len(records)
     out = human(args)
     bad = []
     with tqdm(total=total, desc="verify", unit="rec", file=sys.stderr) as bar:
-        for record in verify(args.path):
+        for record in verify(records, checks):
             bar.update(1)
             if record["problem"]:
                 bad.append(record)
@@ -115,7 +124,7 @@ def run_verify(args: argparse.Namespace) -> int:
     print(f"{total} records, {len(bad)} corrupt", file=out)
     if args.json:
         print_json({"path": args.path, "records": total, "corrupt": bad})
-    return 1 if bad else 0
+    return DAMAGED if bad else 0
 
 
 def run_pack(args: argparse.Namespace) -> int:

@@ -11,21 +11,52 @@ which the loader normalises to [-1, 1] per batch on the device (``dataloader.Dev
 from __future__ import annotations
 
 import os
+import re
 from typing import Optional, Tuple
 
 import numpy as np
 from torch.utils.data import Dataset
 
-from craft_plugin.data.recordio import IRHeader, RecordFile, unpack
+from craft_plugin.data.recordio import IRHeader, RecordFile, index_problems
 from craft_plugin.data.transforms import CoinFlips, decode_bgr, decode_rgb, label_tensor, to_chw
 from craft_plugin.errors import RecordError
 
 
 def insightface_header(records: RecordFile) -> Optional[IRHeader]:
-    """The header record of an insightface ``.rec`` (key 0, ``flag > 0``, no image bytes), or None."""
-    first = int(records.keys[0])
-    header, body = unpack(records.read(first), f"{records.rec_path} record {first}")
-    return header if first == 0 and header.flag > 0 and not body else None
+    """The header record of an insightface ``.rec`` (key 0, wherever its ``.idx`` line stands;
+    ``flag > 0``, no image bytes), or None."""
+    if 0 not in records:
+        return None
+    header, body = records.read_unpacked(0)
+    return header if header.flag > 0 and not len(body) else None
+
+
+def header_range(records: RecordFile, header: IRHeader) -> Tuple[int, int]:
+    """``(first identity record, end)`` of a header record, checked against the index before
+    anything is sized by them: two whole numbers with ``1 <= first <= end <= records in the index``,
+    every key ``0 .. end - 1`` present and no other. Errors name the header record's offset."""
+    where = (records.rec_path, records.offset_of(0))
+    values = np.asarray(header.label, dtype=np.float64).reshape(-1)
+    if values.size != 2:
+        raise RecordError(*where, f"header record (key 0) holds {values.size} label values; an insightface "
+                                  f"header holds 2 (first identity record, end)")
+    if not (np.isfinite(values).all() and (values == np.round(values)).all()):
+        raise RecordError(*where, f"header record (key 0) label {values.tolist()} is not two whole record numbers")
+    first_identity, end = int(values[0]), int(values[1])
+    says = f"header record says images are keys 1..{first_identity - 1} and identities {first_identity}..{end - 1}"
+    if not 1 <= first_identity <= end:
+        raise RecordError(*where, f"{says}: not a valid range")
+    if end > len(records):
+        raise RecordError(*where, f"{says}, but the index lacks at least {end - len(records)} of them (it lists "
+                                  f"{len(records)} records)")
+    missing = np.setdiff1d(np.arange(1, end), records.keys)
+    if len(missing):
+        raise RecordError(*where, f"{says}, but the index lacks {len(missing)} of them (first: {missing[0]})")
+    outside = records.keys[(records.keys < 0) | (records.keys >= end)]
+    if len(outside):
+        raise RecordError(*where, f"{says}, but the index also lists {len(outside)} keys outside 0..{end - 1} "
+                                  f"(first: {outside[0]})")
+    return first_identity, end
 
 
 def image_keys(records: RecordFile) -> np.ndarray:
@@ -33,16 +64,12 @@ def image_keys(records: RecordFile) -> np.ndarray:
     if not len(records.keys):
         raise RecordError(records.idx_path, 0, "the index lists no records")
     header = insightface_header(records)
-    if header is not None:
-        end_images, end = int(header.label[0]), int(header.label[1])
-        missing = np.setdiff1d(np.arange(1, end), records.keys)
-        if len(missing):
-            raise RecordError(records.rec_path, records.offset_of(0),
-                              f"header record says images are keys 1..{end_images - 1} and identities "
-                              f"{end_images}..{end - 1}, but the index lacks {len(missing)} of them "
-                              f"(first: {missing[0]})")
-        return np.arange(1, end_images)
-    return records.keys
+    if header is None:
+        return records.keys
+    first_identity, _ = header_range(records, header)
+    if first_identity == 1:
+        raise RecordError(records.rec_path, records.offset_of(0), "header record lists no image records")
+    return np.arange(1, first_identity)
 
 
 def header_label(header: IRHeader) -> float:
@@ -80,16 +107,32 @@ def read_sample(records: RecordFile, key: int, rgb: bool = True,
     return image, int(label)
 
 
+PROPERTY_BYTES = 4096   # far more than "num_classes,height,width"; a larger file is not a property
+
+
 def read_property(root_dir: str) -> Optional[Tuple[int, int, int]]:
     """``(num_classes, height, width)`` from the folder's insightface ``property`` file, or None
-    when there is none; a malformed one raises RecordError naming it."""
+    when there is none; a malformed one (not ASCII, not three whole numbers >= 1 on its first
+    line) raises RecordError naming it."""
     path = os.path.join(root_dir, "property")
     if not os.path.exists(path):
         return None
-    fields = open(path).read().strip().split(",")
-    if len(fields) != 3 or not all(f.strip().isdigit() for f in fields):
-        raise RecordError(path, 0, f"expected 'num_classes,height,width', found {','.join(fields)!r}")
+    with open(path, "rb") as handle:
+        raw = handle.read(PROPERTY_BYTES + 1)
+    expected = "expected one line 'num_classes,height,width' of whole numbers >= 1"
+    if len(raw) > PROPERTY_BYTES:
+        raise RecordError(path, 0, f"more than {PROPERTY_BYTES} bytes; {expected}")
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise RecordError(path, exc.start, f"a byte that is not ASCII text (0x{raw[exc.start]:02x}); {expected}")
+    lines = text.strip().splitlines()
+    fields = lines[0].split(",") if lines else []
+    if len(lines) != 1 or len(fields) != 3 or not all(re.fullmatch(r"\s*[0-9]{1,18}\s*", f) for f in fields):
+        raise RecordError(path, 0, f"found {text.strip()[:80]!r}; {expected}")
     classes, height, width = (int(f) for f in fields)
+    if min(classes, height, width) < 1:
+        raise RecordError(path, 0, f"found {text.strip()!r}; {expected}")
     return classes, height, width
 
 
@@ -98,6 +141,9 @@ class RecFaceDataset(Dataset):
         self.root_dir = root_dir
         self.local_rank = local_rank
         self.records = RecordFile(os.path.join(root_dir, "train.rec"), os.path.join(root_dir, "train.idx"))
+        problems = index_problems(self.records)
+        if problems:  # refused here, before the first step, rather than at the record
+            raise problems[0]
         self.imgidx = image_keys(self.records)
         self.flips = CoinFlips()
         self.property = read_property(root_dir)

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Iterator, List, Tuple, Union
+from typing import Dict, Iterator, List, NamedTuple, Optional, Set, Tuple, Union
 
-from craft_plugin.data.dataset import header_label, image_keys, insightface_header, read_property, sample_problem
-from craft_plugin.data.recordio import RecordFile, unpack
+from craft_plugin.data.dataset import (header_label, header_range, image_keys, insightface_header, read_property,
+                                       sample_problem)
+from craft_plugin.data.recordio import RecordFile, index_problems, unpack
 from craft_plugin.data.transforms import decode_rgb
 from craft_plugin.errors import RecordError
 
@@ -17,37 +18,55 @@ def open_records(path: Union[str, Path]) -> RecordFile:
     return RecordFile(path / "train.rec" if path.is_dir() else path)
 
 
-def info(path: Union[str, Path]) -> Dict:
-    records = open_records(path)
+def info(records: RecordFile) -> Dict:
+    """Facts about a dataset: layout, counts, label kind, image size, ``property``. Damage that
+    stops them raises RecordError (or ValueError for an image) naming the file and offset."""
     keys = image_keys(records)
     header = insightface_header(records)
-    first_image, first_body = unpack(records.read(int(keys[0])), records.rec_path)
+    first_key = int(keys[0])
+    first_image, first_body = records.read_unpacked(first_key)
     facts = {"rec": records.rec_path, "idx": records.idx_path, "records": len(records), "images": len(keys),
              "layout": "insightface (header record 0)" if header is not None else "no header (im2rec/shuffled)",
              "label": "array (first value is the class)" if first_image.flag > 0 else "scalar",
              "file_bytes": records.size}
     if header is not None:
-        facts["identities"] = int(header.label[1]) - int(header.label[0])
-    image = decode_rgb(first_body, f"{records.rec_path} record {int(keys[0])}")
+        first_identity, end = header_range(records, header)
+        facts["identities"] = end - first_identity
+    image = decode_rgb(first_body, f"{records.rec_path} record {first_key} at byte offset "
+                                   f"{records.offset_of(first_key)}")
     facts["image_size"] = list(image.shape[:2])
-    prop = Path(records.rec_path).with_name("property")
-    if prop.exists():
-        facts["property"] = prop.read_text().splitlines()[0].strip()
+    prop = read_property(os.path.dirname(records.rec_path))
+    if prop is not None:
+        facts["property"] = ",".join(map(str, prop))
     return facts
 
 
-def verify(path: Union[str, Path]) -> Iterator[Dict]:
-    """Yields one dict per record: ``{"key", "offset", "problem"}`` (``problem`` None when fine;
-    it does not repeat the key or offset)."""
-    records = open_records(path)
-    images = set(image_keys(records).tolist())
-    prop = read_property(os.path.dirname(records.rec_path))
+class Plan(NamedTuple):
+    """What a walk over a dataset checks each record against: its image keys and ``property``."""
+
+    images: Set[int]
+    prop: Optional[Tuple[int, int, int]]
+
+
+def plan(records: RecordFile) -> Plan:
+    """The dataset-level checks training makes before its first step (the index against the file,
+    the header record against the index, ``property``); the first failure raises RecordError."""
+    problems = index_problems(records)
+    if problems:
+        raise problems[0]
+    return Plan(set(image_keys(records).tolist()), read_property(os.path.dirname(records.rec_path)))
+
+
+def verify(records: RecordFile, checks: Plan) -> Iterator[Dict]:
+    """Yields one dict per record, in index order: ``{"key", "offset", "problem"}`` (``problem``
+    None when fine; it does not repeat the key or offset). Records are checked as training reads
+    them; those that are not images (header, identity records) only for their framing."""
     for key, offset in zip(records.keys.tolist(), records.offsets.tolist()):
         problem = None
         try:
             header, body = unpack(records.read_at(offset)[0], "the record")
-            if key in images:
-                problem = sample_problem(decode_rgb(body, "the image").shape, header_label(header), prop)
+            if key in checks.images:
+                problem = sample_problem(decode_rgb(body, "the image").shape, header_label(header), checks.prop)
         except RecordError as exc:
             problem = exc.problem
         except ValueError as exc:

@@ -81,20 +81,36 @@ def encode_record(payload: bytes) -> bytes:
     return bytes(out)
 
 
+# the largest key or offset an .idx line may hold: numpy's int64 index (an offset this large is
+# past the end of any file anyway; the check keeps a damaged number from overflowing the arrays)
+INDEX_DIGITS = 18
+
+
 def read_index(idx_path: Union[str, Path]) -> Dict[int, int]:
-    """``key -> byte offset`` from an ``.idx`` file, in file order."""
+    """``key -> byte offset`` from an ``.idx`` file, in file order. A line that is not
+    ``key<TAB>offset`` in ASCII digits (at most 18 of them), or a key listed twice, raises
+    :class:`RecordError` naming the byte offset of the line in the ``.idx``."""
     idx_path = Path(idx_path)
     if not idx_path.exists():
         raise RecordError(str(idx_path), 0, "index file missing (expected key<TAB>offset lines)")
     index: Dict[int, int] = {}
+    line_at: Dict[int, int] = {}
     with open(idx_path, "rb") as handle:
         pos = 0
         for line in handle:
             fields = line.split()
             if fields:
-                if len(fields) != 2 or not fields[0].lstrip(b"-").isdigit() or not fields[1].isdigit():
-                    raise RecordError(str(idx_path), pos, f"bad index line {line!r}")
-                index[int(fields[0])] = int(fields[1])
+                key_digits = fields[0][1:] if fields[0][:1] == b"-" else fields[0]
+                if len(fields) != 2 or not (key_digits.isdigit() and fields[1].isdigit()):
+                    raise RecordError(str(idx_path), pos, f"bad index line {line[:80]!r}: expected key<TAB>offset")
+                if len(key_digits) > INDEX_DIGITS or len(fields[1]) > INDEX_DIGITS:
+                    raise RecordError(str(idx_path), pos, f"bad index line {line[:80]!r}: a number of more than "
+                                                          f"{INDEX_DIGITS} digits")
+                key = int(fields[0])
+                if key in index:
+                    raise RecordError(str(idx_path), pos, f"key {key} is listed twice (first in the line at "
+                                                          f"byte offset {line_at[key]})")
+                index[key], line_at[key] = int(fields[1]), pos
             pos += len(line)
     return index
 
@@ -146,6 +162,13 @@ class RecordFile:
             raise RecordError(self.idx_path, 0, f"key {key} is not in the index")
         return pos
 
+    def __contains__(self, key: int) -> bool:
+        try:
+            self.position(key)
+        except RecordError:
+            return False
+        return True
+
     def offset_of(self, key: int) -> int:
         return self.offsets.item(self.position(key))
 
@@ -166,7 +189,12 @@ class RecordFile:
             end = offset + 8 + lrec  # lrec is the length when cflag (its top 3 bits) is 0
             if magic == MAGIC and flag == 0 and IR_SIZE <= lrec <= LENGTH_MASK and end <= self.size:
                 return IRHeader(0, label, id1, id2), data[offset + 8 + IR_SIZE:end]
-        return unpack(self.read_at(offset)[0], f"{self.rec_path} record {key} at byte offset {offset}")
+        try:
+            return unpack(self.read_at(offset)[0], f"record {key}")
+        except RecordError:
+            raise
+        except ValueError as exc:
+            raise RecordError(self.rec_path, offset, str(exc)) from exc
 
     def read_at(self, offset: int) -> Tuple[bytes, int]:
         """``(payload, offset of the next record)`` for the record starting at ``offset``."""
@@ -198,6 +226,37 @@ class RecordFile:
             expect_more = cflag in (1, 2)
             first = False
         return b"".join(chunks), pos
+
+
+def index_problems(records: RecordFile) -> List[RecordError]:
+    """What the ``.idx`` promises and the ``.rec`` does not hold, found without reading every
+    record: offsets past the end of the file, two keys at one offset (one record read twice), and
+    the record at the largest offset (the one a truncated copy loses first) cut short. Training
+    refuses the first before its first step; ``rec info`` and ``rec verify`` list them all."""
+    problems = []
+    past = records.offsets + 8 > records.size
+    if past.any():
+        key = int(records.keys[past].min())
+        problems.append(RecordError(records.idx_path, 0,
+                                    f"{int(past.sum())} of {len(records)} index entries point past the end of "
+                                    f"{records.rec_path} ({records.size} bytes), from key {key} (offset past "
+                                    f"the end: {int(records.offsets[records.keys == key][0])}): the .rec is "
+                                    f"truncated or the .idx belongs to another file"))
+    offsets, first = np.unique(records.offsets, return_index=True)
+    if len(offsets) < len(records):
+        twice = np.setdiff1d(np.arange(len(records)), first)
+        key = int(records.keys[twice[0]])
+        problems.append(RecordError(records.idx_path, 0,
+                                    f"{len(twice)} index entries share a byte offset with another key, from key "
+                                    f"{key} (offset {int(records.offsets[twice[0]])}): one record would be read "
+                                    f"as two"))
+    inside = records.offsets[~past]
+    if inside.size:
+        try:
+            records.read_at(int(inside.max()))
+        except RecordError as exc:
+            problems.append(RecordError(exc.path, exc.offset, f"the last record: {exc.problem}"))
+    return problems
 
 
 def write_records(rec_path: Union[str, Path], records: Iterable[Tuple[int, bytes]],

@@ -37,8 +37,14 @@ def check_jpeg_complete(buf: bytes, where: str) -> None:
 
 def decode_bgr(buf: bytes, where: str) -> np.ndarray:
     """Encoded JPEG/PNG bytes -> BGR uint8 HWC; ``where`` names the file/record in the error."""
+    if not len(buf):  # OpenCV asserts (cv2.error) on an empty buffer
+        raise ValueError(f"{where}: no image bytes (0 bytes)")
     check_jpeg_complete(buf, where)
-    img = cv2.imdecode(np.frombuffer(buf, dtype=np.uint8), cv2.IMREAD_COLOR)
+    try:
+        img = cv2.imdecode(np.frombuffer(buf, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as exc:  # a header announcing an image too large to allocate, and the like
+        raise ValueError(f"{where}: {len(buf)} bytes that OpenCV refuses to decode "
+                         f"({str(exc).strip().splitlines()[-1]})") from exc
     if img is None:
         raise ValueError(f"{where}: {len(buf)} bytes that are not a decodable image")
     return img
