@@ -66,17 +66,22 @@ class ElasticMargin(MarginLoss):
         return draws[rows].to(cos.dtype)
 
     def extra_state(self) -> dict:
-        if self.generator is None:  # nothing drawn yet: the seed (or the restored state) is the state
-            return {} if self.restored_state is None else {"generator": self.restored_state}
+        """``{"generator": state}``; None before the first draw (then the seed is the state: the
+        generator's device, hence its state's format, is not known yet)."""
+        if self.generator is None:
+            return {"generator": None if self.restored_state is None else self.restored_state.clone()}
         return {"generator": self.generator.get_state()}
 
     def load_extra_state(self, state: dict) -> None:
-        if "generator" not in state:
-            return
-        if self.generator is None:
-            self.restored_state = state["generator"]
+        """Replays from ``state``: None (or ``{}``, a checkpoint saved before the first draw by an
+        older craft-plugin) starts again from the seed, also in a loss that has drawn since."""
+        saved = state.get("generator")
+        if saved is None:
+            self.generator = self.restored_state = None  # re-seeded at the next draw
+        elif self.generator is None:
+            self.restored_state = saved.clone()
         else:
-            self.generator.set_state(state["generator"])
+            self.generator.set_state(saved)
 
 
 class ElasticArc(ElasticMargin):
