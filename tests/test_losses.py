@@ -139,7 +139,7 @@ def test_elastic_generator_state_restores_before_and_after_first_use(name):
     (state set in place) or is made later on the logits' device (state kept until then)."""
     spec = {"name": name, "s": 1.0, "sigma": 0.1, "seed": 3}
     whole = build_margin_loss(spec)
-    assert whole.extra_state() == {}  # nothing drawn: the seed is the state
+    assert whole.extra_state() == {"generator": None}  # nothing drawn: the seed is the state
     first = whole(cosines(4), LABELS.clone())
     saved = whole.extra_state()
     assert whole.generator.device == first.device
