@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from craft_plugin.cli import UsageError, human, output_path, print_json
 
@@ -28,6 +29,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         v = verbs.add_parser(name, help=help_text, description=help_text)
         v.add_argument("path", help="a .bin file (lfw.bin, cfp_fp.bin, ...)")
         v.add_argument("--json", action="store_true", help="print only one JSON document on stdout")
+        if name == "verify":
+            v.add_argument("--image-size", type=int, default=IMAGE_SIZE,
+                           help="the size load_bin fits every image to (config.image_size), by its rule: an image "
+                                "whose width differs is resized, short side to this size; what does not come out "
+                                "square at this size is a problem")
         v.set_defaults(run=runner)
     v = verbs.add_parser("pack", help="write a .bin from a pairs file", description=PACK_DESCRIPTION)
     v.add_argument("pairs", help="text file: one 'image_a image_b same(0/1)' line per pair")
@@ -38,39 +44,47 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(run=run_pack)
 
 
-def read(path: str) -> Tuple[list, List[bool]]:
-    import pickle
+DAMAGED = 1   # the exit status of bin verify for a damaged .bin (2: PATH is no file)
 
+
+def read(path: str) -> Tuple[list, List[bool]]:
+    """``read_bin_pairs(path)``; a missing file is a UsageError. Its errors start with the path."""
     from craft_plugin.data.binfile import read_bin_pairs
 
     if not Path(path).is_file():
         raise UsageError(f"PATH {path}: no such file")
-    try:
-        return read_bin_pairs(path)
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
-        raise UsageError(f"PATH {path}: not a .bin verification set ({exc})") from exc
+    return read_bin_pairs(path)
 
 
-def image_facts(bins: list, path: str) -> Tuple[Dict[str, int], List[Dict[str, Any]]]:
-    """``({"HxW": count}, [problems])`` over every image, each decoded."""
-    from craft_plugin.data.binfile import entry_rgb
+def image_facts(bins: list, path: str, image_size: Optional[int]) -> Tuple[Dict[str, int], List[Dict[str, Any]], int]:
+    """``({"HxW": count}, [problems], resized)`` over every image, each decoded and, given an
+    ``image_size``, fitted to it as ``load_bin`` fits it (:func:`~craft_plugin.data.binfile.fit_image`):
+    a problem is then exactly an image ``load_bin`` refuses."""
+    from craft_plugin.data.binfile import entry_rgb, fit_image
 
     sizes: Dict[str, int] = {}
     problems = []
+    resized = 0
     for index, entry in enumerate(bins):
+        where = f"{path}: image {index}"
         try:
-            img = entry_rgb(entry, f"{path}: image {index}")
-        except (ValueError, TypeError) as exc:
+            img = entry_rgb(entry, where)
+            size = f"{img.shape[0]}x{img.shape[1]}"
+            sizes[size] = sizes.get(size, 0) + 1
+            resized += image_size is not None and fit_image(img, (image_size, image_size), where) is not img
+        except ValueError as exc:
             problems.append({"image": index, "pair": index // 2, "problem": str(exc)})
-            continue
-        size = f"{img.shape[0]}x{img.shape[1]}"
-        sizes[size] = sizes.get(size, 0) + 1
-    return sizes, problems
+    return sizes, problems, resized
 
 
 def run_info(args: argparse.Namespace) -> int:
-    bins, issame = read(args.path)
-    sizes, problems = image_facts(bins, args.path)
+    import pickle
+
+    try:
+        bins, issame = read(args.path)
+    except (ValueError, pickle.UnpicklingError) as exc:
+        raise UsageError(f"PATH {exc}") from exc
+    sizes, problems, _ = image_facts(bins, args.path, None)
     facts = {"path": args.path, "pairs": len(issame), "images": len(bins), "same": sum(issame),
              "different": len(issame) - sum(issame), "image_sizes": sizes, "undecodable": len(problems),
              "bytes": os.path.getsize(args.path)}
@@ -83,18 +97,29 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    bins, issame = read(args.path)
-    sizes, problems = image_facts(bins, args.path)
-    if len(sizes) > 1:
-        problems.append({"image": None, "pair": None, "problem": f"images of several sizes: {sizes}"})
+    import pickle
+
+    if args.image_size < 1:
+        raise UsageError(f"--image-size {args.image_size} is not allowed: expected an integer >= 1")
+    try:
+        bins, issame = read(args.path)
+    except (ValueError, pickle.UnpicklingError) as exc:   # the file as a whole: one line, exit DAMAGED
+        print(f"craft-plugin bin verify: damaged .bin: {exc}", file=sys.stderr)
+        if args.json:
+            print_json({"path": args.path, "problems": [{"image": None, "pair": None, "problem": str(exc)}],
+                        "ok": False})
+        return DAMAGED
+    sizes, problems, resized = image_facts(bins, args.path, args.image_size)
     out = human(args)
     for p in problems:
         print(p["problem"], file=out)
-    print(f"{args.path}: {len(issame)} pairs, {len(bins)} images, sizes {sizes}, {len(problems)} problems", file=out)
+    print(f"{args.path}: {len(issame)} pairs, {len(bins)} images, sizes {sizes}"
+          + (f" ({resized} resized to {args.image_size}x{args.image_size} as load_bin does)" if resized else "")
+          + f", {len(problems)} problems", file=out)
     if args.json:
         print_json({"path": args.path, "pairs": len(issame), "images": len(bins), "image_sizes": sizes,
-                    "problems": problems, "ok": not problems})
-    return 1 if problems else 0
+                    "resized": resized, "problems": problems, "ok": not problems})
+    return DAMAGED if problems else 0
 
 
 def read_pairs(pairs_file: Path, size: int) -> List[Tuple[bytes, bytes, bool]]:
