@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import pickle
 import re
+from struct import error as struct_error
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
@@ -73,22 +74,48 @@ def find_checkpoints(run_dir: Path) -> List[Path]:
 
 
 class UntrustedFileError(ValueError):
-    """A torch file holds objects other than tensors and plain containers: loading it would run
-    code from the file, so it is refused. The message names the file."""
+    """A torch file's pickle references a global that weights-only loading does not admit (only
+    tensors, numbers, strings and plain containers): either the file holds objects whose loading
+    would call code, or its pickle is damaged so that a name no longer reads as one torch writes.
+    It is refused either way; the message names the file and the global."""
+
+
+class UnreadableTorchFile(ValueError):
+    """A file that is not a torch file, or one whose archive or pickle is damaged; the message
+    names the file and what was found."""
+
+
+ZIP_MAGIC = b"PK\x03\x04"       # torch.save's archive format (torch >= 1.6)
+LEGACY_MAGIC = b"\x80"           # a pickle's PROTO opcode: the legacy torch.save format starts so
 
 
 def load_weights(path, mmap: bool = False) -> object:
     """The contents of a torch file (``model.pt``, a checkpoint) through ``torch.load`` with
     ``weights_only=True``: tensors, numbers, strings and containers only. Every file the plugin
     loads goes through here; a pickle referencing any other global (``os.system``,
-    ``pathlib.Path.touch``, a class) raises :class:`UntrustedFileError` before anything runs."""
+    ``pathlib.Path.touch``, a class) raises :class:`UntrustedFileError` before anything runs; a
+    file that is no torch file, or a damaged one, :class:`UnreadableTorchFile`."""
+    with open(path, "rb") as handle:
+        start = handle.read(len(ZIP_MAGIC))
+    if not (start.startswith(ZIP_MAGIC) or start.startswith(LEGACY_MAGIC)):
+        raise UnreadableTorchFile(f"{path}: not a torch file: it starts with {start!r}, neither a zip archive "
+                                  f"(torch.save) nor a legacy torch pickle")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        found = re.search(r"GLOBAL (\S+)", str(exc)) or re.search(r"WeightsUnpickler error: ([^\n]+)", str(exc))
-        reason = found.group(1) if found else type(exc).__name__
-        raise UntrustedFileError(f"{path}: refused: it holds objects other than tensors and plain containers, "
-                                 f"which loading would execute (it references {reason})") from exc
+        found = re.search(r"GLOBAL (\S+)", str(exc))
+        if found:
+            raise UntrustedFileError(
+                f"{path}: refused: its pickle references {found.group(1)[:80]}, which weights-only loading does not "
+                f"admit (tensors, numbers, strings and plain containers only): the file holds other objects, or "
+                f"its pickle is damaged") from exc
+        reason = re.search(r"WeightsUnpickler error: ([^\n]+)", str(exc))
+        raise UnreadableTorchFile(f"{path}: damaged torch file: its pickle cannot be read "
+                                  f"({reason.group(1) if reason else type(exc).__name__})") from exc
+    except (RuntimeError, EOFError, UnicodeDecodeError, KeyError, ValueError, IndexError, TypeError,
+            OverflowError, AttributeError, struct_error) as exc:  # torch's reader raises these on damage
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "the file ends early"
+        raise UnreadableTorchFile(f"{path}: damaged torch file ({type(exc).__name__}: {first})") from exc
 
 
 def load_checkpoint(path: Path, mmap: bool = False) -> dict:
