@@ -59,14 +59,12 @@ NORM_EPS = 1e-12  # torch.nn.functional.normalize's
 
 
 class _Chunk:
-    """One chunk of classes ``[start, stop)``: its normalised centres ``wn`` (k, D), the raw cosines
-    ``raw`` (B, k) (a fresh tensor from ``cosines``: the same values in forward and backward) and
-    where this rank's targets (``cols``, one per positive row) fall in it."""
+    """One chunk of classes ``[start, stop)``: its normalised centres ``wn`` (k, D) and where this
+    rank's targets (``cols``, one per positive row) fall in it."""
 
-    def __init__(self, xn, weight, norm, start, stop, cols, cosines, forward):
+    def __init__(self, weight, norm, start, stop, cols):
         self.start, self.stop = start, stop
         self.wn = weight[start:stop] / norm[start:stop]  # F.normalize's division, row by row
-        self.raw = cosines.raw(xn, self, forward)
         self.hit = (cols >= start) & (cols < stop)
         self.local = (cols - start).clamp(0, stop - start - 1)
 
@@ -85,9 +83,16 @@ class _Recomputed:
     def __init__(self, batch: int, classes: int, fp16: bool):
         self.fp16 = fp16
 
-    def raw(self, xn: torch.Tensor, part: _Chunk, forward: bool) -> torch.Tensor:
+    def forward(self, xn: torch.Tensor, part: _Chunk) -> torch.Tensor:
+        """The chunk's raw cosines (B, k), a fresh tensor the caller may write into."""
         with autocast(xn.device.type, self.fp16):
             return at_least_float32(linear(xn, part.wn))
+
+    def backward(self, xn: torch.Tensor, part: _Chunk) -> tuple:
+        """The same cosines clamped to [-1, 1] (fresh) and the clamp's gradient mask (bool)."""
+        raw = self.forward(xn, part)
+        inside = (raw >= -1) & (raw <= 1)  # bool: a quarter buffer each
+        return raw.clamp_(-1, 1), inside
 
 
 class _Kept(_Recomputed):
@@ -103,20 +108,29 @@ class _Kept(_Recomputed):
         super().__init__(batch, classes, fp16)
         self.batch, self.classes, self.flat = batch, classes, None
 
-    def raw(self, xn: torch.Tensor, part: _Chunk, forward: bool) -> torch.Tensor:
-        if forward:
-            with autocast(xn.device.type, self.fp16):
-                out = linear(xn, part.wn)
-            if self.flat is None:  # one allocation, each chunk a contiguous (B, k) block of it
-                self.flat = torch.empty(self.batch * self.classes, dtype=out.dtype, device=out.device)
-            self._block(part).copy_(out)
-            return at_least_float32(out)
-        block = self._block(part)
-        wide = at_least_float32(block)
-        return wide.clone() if wide is block else wide  # the caller writes into it
+    def forward(self, xn: torch.Tensor, part: _Chunk) -> torch.Tensor:
+        with autocast(xn.device.type, self.fp16):
+            out = linear(xn, part.wn)
+        if self.flat is None:  # one allocation, each chunk a contiguous (B, k) block of it
+            self.flat = torch.empty(self.batch * self.classes, dtype=out.dtype, device=out.device)
+        self._block(part).copy_(out)
+        return at_least_float32(out)
+
+    def backward(self, xn: torch.Tensor, part: _Chunk) -> tuple:
+        raw = self._block(part)
+        wide = at_least_float32(raw)
+        c = wide.clamp(-1, 1) if wide is raw else wide.clamp_(-1, 1)
+        return c, c == raw  # equal exactly where the clamp passed the cosine (and its gradient)
 
     def _block(self, part: _Chunk) -> torch.Tensor:
         return self.flat[self.batch * part.start:self.batch * part.stop].view(self.batch, -1)
+
+
+def _scaled_minus(a: torch.Tensor, n, shift: torch.Tensor, out=None) -> torch.Tensor:
+    """``n * a - shift`` in one pass (n a number or a (B, 1) tensor, shift (B, 1))."""
+    if torch.is_tensor(n):
+        return torch.addcmul(-shift, a, n, out=out)
+    return torch.add(-shift, a, alpha=n, out=out)
 
 
 def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -147,8 +161,8 @@ class _ChunkedMarginCE(torch.autograd.Function):
         row_sum = torch.zeros_like(row_max)
         target = torch.zeros(rows.size(0), dtype=dtype, device=xn.device)
         for start in range(0, classes, chunk):
-            part = _Chunk(xn, weight, norm, start, min(start + chunk, classes), cols, cosines, True)
-            z = part.raw.clamp_(-1, 1)
+            part = _Chunk(weight, norm, start, min(start + chunk, classes), cols)
+            z = cosines.forward(xn, part).clamp_(-1, 1)
             target = torch.where(part.hit, z[rows, part.local], target)
             if each is not None:
                 each(z)
@@ -202,17 +216,16 @@ class _ChunkedMarginCE(torch.autograd.Function):
         grad_xn = torch.zeros(xn.shape, dtype=log_norm.dtype, device=xn.device)
         grad_weight = torch.empty_like(weight) if ctx.needs_input_grad[1] else None
         for start in range(0, classes, chunk):
-            part = _Chunk(xn, weight, norm, start, min(start + chunk, classes), cols, cosines, False)
-            inside = part.raw.abs() <= 1  # clamp's gradient mask (bool: a quarter buffer)
-            c = part.raw.clamp_(-1, 1)
+            part = _Chunk(weight, norm, start, min(start + chunk, classes), cols)
+            c, inside = cosines.backward(xn, part)
             a = each(c.clone()) if each is not None else c
             part.put(a, rows, ft)
             if want_scale:
-                p = torch.mul(a, n).sub_(log_norm).exp_()
+                p = _scaled_minus(a, n, log_norm).exp_()
                 grad_scale += _row_dot(p, a).mul_(g)
                 da = p.mul_(g * n)
-            else:
-                da = a.mul_(n).sub_(log_norm).exp_().mul_(g * n)  # softmax * dL/B * n, in place
+            else:  # softmax * dL/B * n, in place
+                da = _scaled_minus(a, n, log_norm, out=a).exp_().mul_(g * n)
             dc = loss.elementwise_vjp(c, da) if each is not None else da
             part.put(dc, rows, dc_target)
             dc.mul_(inside)
