@@ -19,7 +19,7 @@ DEFAULT_RESAMPLES = 1000
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("compare", help="two evaluations of the same data with 95% intervals of the differences",
+    p = sub.add_parser("compare", help="two evaluations of the same data with 95%% intervals of the differences",
                        description=__doc__)
     p.add_argument("a", metavar="A.json", help="the baseline's results document(s), comma-separated")
     p.add_argument("b", metavar="B.json", help="the other model's results document(s), comma-separated")
