@@ -13,6 +13,7 @@ patch restores the original bytes.
 """
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ ADDED_FILES = {"arcface_torch_hooks": ("plugin_hooks.py",), "arcface_torch_compa
 CHECKOUT_MARKERS = ("train_v2.py", "partial_fc_v2.py", "losses.py", "lr_scheduler.py", "configs")
 HUNK_HEADER = re.compile(r"^@@ -(\d+)(?:,(\d+))? \+(\d+)(?:,(\d+))? @@")
 LINE = re.compile(r"[^\n]*\n|[^\n]+\Z")
+NEWLINE = "\n"
 
 
 class PatchError(Exception):
@@ -119,26 +121,108 @@ def transform(lines: List[str], hunks: List[Hunk], remove: str, add: str) -> Tup
     return "".join(out + lines[pos:]), None
 
 
-def outcomes(fp: FilePatch, current: Optional[str]) -> Tuple[object, object, Optional[str]]:
-    """``(text after applying, text after reverting, why applying fails)``; FAIL where impossible,
-    ``None`` text = the file does not exist."""
+def outcomes(fp: FilePatch, current: Optional[str], reverse: bool = False
+             ) -> Tuple[object, object, Optional[str], Optional[Hunk]]:
+    """``(text after applying, text after reverting, why applying fails, the hunk to blame)``;
+    FAIL where impossible, ``None`` text = the file does not exist. The hunk is the first that
+    fails reverting (``reverse``), else the first that matches neither way."""
     if fp.new_file:
         wanted = "".join(fp.hunks[0].side("+"))
         forward = wanted if current is None else FAIL
         backward = None if current == wanted else FAIL
-        return forward, backward, None if current is None else f"{fp.path} already exists with other content"
+        why = None if current is None else f"{fp.path} already exists with other content"
+        return forward, backward, why, None if current is None else fp.hunks[0]
     if current is None:
-        return FAIL, FAIL, f"{fp.path} is missing"
+        return FAIL, FAIL, f"{fp.path} is missing", None
     lines = split_lines(current)
     forward, failed = transform(lines, fp.hunks, "-", "+")
     backward, failed_back = transform(lines, fp.hunks, "+", "-")
     if failed is None:
-        return forward, backward, None
+        return forward, backward, None, None
     # a patched file edited later fails forward at its first hunk: name the hunk that differs, the first
     # one that matches neither way (the later failure of the two directions)
     if failed_back is not None and fp.hunks.index(failed_back) > fp.hunks.index(failed):
-        return forward, backward, failed_back.text()
-    return forward, backward, failed.text()
+        failed = failed_back
+    return forward, backward, failed.text(), failed_back if reverse and failed_back is not None else failed
+
+
+def side_start(hunk: Hunk, tag: str) -> int:
+    """0-based line where the hunk's ``-`` (old) or ``+`` (new) side starts, from its header."""
+    match = HUNK_HEADER.match(hunk.header)
+    return max(0, int(match.group(1) if tag == "-" else match.group(3)) - 1)
+
+
+def _alike(a: str, b: str) -> float:
+    return difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+
+
+def _place(lines: List[str], fp: FilePatch, hunk: Hunk, tag: str) -> Tuple[int, int, int, int]:
+    """``(lines in place, start, low, high)``: where ``hunk``'s side ``tag`` fits ``lines`` best,
+    between the neighbouring hunks that are found (``[low, high)``): the most lines in place, then
+    the most alike, then the closest to its stated line moved as the hunk before it moved."""
+    low, high, offset = 0, len(lines), 0
+    index = fp.hunks.index(hunk)
+    for other in fp.hunks[:index]:
+        found = find_block(lines, other.side(tag), max(0, side_start(other, tag) + offset))
+        if found is not None and found >= low:
+            low, offset = found + len(other.side(tag)), found - side_start(other, tag)
+    for other in fp.hunks[index + 1:]:
+        found = find_block(lines, other.side(tag), max(0, side_start(other, tag) + offset))
+        if found is not None and found >= low:
+            high = found
+            break
+    block, hint = hunk.side(tag), side_start(hunk, tag) + offset
+    best = None
+    for begin in range(low, max(low + 1, high - len(block) + 1)):
+        here = lines[begin:begin + len(block)]
+        same = sum(a == b for a, b in zip(here, block))
+        alike = sum(_alike(a, b) for a, b in zip(here, block))
+        key = (same, round(alike, 6), -abs(begin - hint))
+        if best is None or key > best[0]:
+            best = (key, begin)
+    return best[0][0], best[1], low, high
+
+
+def differing_line(fp: FilePatch, hunk: Hunk, current: str, prefer: str = "+") -> Tuple[int, str]:
+    """``(0-based line, description)`` of where ``current`` (a file that fits ``hunk`` neither
+    way) departs from the side of the hunk it is closest to (``prefer`` when both are as close)."""
+    lines = split_lines(current)
+    words = {"+": "the patched file has", "-": "the unpatched file has"}
+    candidates = []
+    for tag in ("+",) if fp.new_file else ("+", "-"):
+        _, start, low, high = _place(lines, fp, hunk, tag)
+        block = hunk.side(tag)
+        window_low = max(low, start - len(block))
+        window = lines[window_low:min(high, start + 2 * len(block))]
+        matcher = difflib.SequenceMatcher(None, block, window, autojunk=False)
+        kept = sum(size for _, _, size in matcher.get_matching_blocks())
+        candidates.append(((kept, tag == prefer), tag, block, window_low, window, start, matcher))
+    _, tag, block, window_low, window, start, matcher = max(candidates, key=lambda c: c[0])
+    for op, i1, i2, j1, j2 in matcher.get_opcodes():
+        if op == "equal" or (op == "insert" and i1 in (0, len(block))):
+            continue  # in step, or file lines before / after the hunk's place
+        if op == "replace":  # of the file lines replacing the hunk's, the one most like its first
+            j1 = max(range(j1, j2), key=lambda j: (_alike(window[j], block[i1]), -j))
+        expected = block[i1].rstrip(NEWLINE) if i1 < len(block) else "(the end of the hunk)"
+        at = window_low + j1
+        if op == "delete":
+            return at, f"before line {at + 1} the line {expected!r} is missing ({words[tag]} it)"
+        if at < len(lines):
+            return at, f"line {at + 1} holds {lines[at].rstrip(NEWLINE)!r} where {words[tag]} {expected!r}"
+        return at, f"line {at + 1} is past the end of the file, where {words[tag]} {expected!r}"
+    return start, f"line {start + 1}: the hunk's lines are there, but at more than one place"
+
+
+def line_on_disk(seen: str, disk: str, index: int) -> int:
+    """Line ``index`` of ``seen`` (a file as an earlier patch's revert left it in memory) as a line
+    of ``disk``: the two differ only in that patch's hunks."""
+    a, b = split_lines(seen), split_lines(disk)
+    for i, j, size in difflib.SequenceMatcher(None, a, b, autojunk=False).get_matching_blocks():
+        if i <= index < i + size:
+            return j + index - i
+        if i > index:
+            return j
+    return len(b)
 
 
 @dataclass
@@ -148,6 +232,7 @@ class PatchState:
     files: List[str]
     failing_file: Optional[str] = None
     failing_hunk: Optional[str] = None
+    failing_line: Optional[str] = None  # in failing_file: "line N holds ... where ... has ..."
     results: Dict[str, Optional[str]] = field(default_factory=dict)  # path -> new text (None = delete)
 
 
@@ -177,17 +262,25 @@ def plan(root: Path, name: str, files: Dict[str, Optional[str]], reverse: bool =
     patch = load_patch(name)
     forward, backward = {}, {}
     state = PatchState(name, "drifted", [fp.path for fp in patch])
-    reasons = {}
+    reasons, blamed = {}, {}
     for fp in patch:
         if fp.path not in files:
             path = root / fp.path
             files[fp.path] = path.read_bytes().decode("utf-8", "surrogateescape") if path.exists() else None
-        forward[fp.path], backward[fp.path], reasons[fp.path] = outcomes(fp, files[fp.path])
+        forward[fp.path], backward[fp.path], reasons[fp.path], hunk = outcomes(fp, files[fp.path], reverse)
+        blamed[fp.path] = (fp, hunk)
     # blame a file that fits neither way; if every file fits one way or the other, the patch is half
     # applied: blame the files not in the patched state
     neither = [p for p in forward if forward[p] is FAIL and backward[p] is FAIL]
     if neither:
         state.failing_file, state.failing_hunk = neither[0], reasons[neither[0]]
+        fp, hunk = blamed[neither[0]]
+        if hunk is not None:
+            index, words = differing_line(fp, hunk, files[neither[0]], "+" if reverse else "-")
+            disk = root / neither[0]
+            disk = disk.read_bytes().decode("utf-8", "surrogateescape") if disk.exists() else files[neither[0]]
+            moved = line_on_disk(files[neither[0]], disk, index)  # as the user's file numbers it
+            state.failing_line = words.replace(f"line {index + 1}", f"line {moved + 1}", 1)
     else:
         unpatched = [p for p in forward if backward[p] is FAIL]
         patched = [p for p in forward if forward[p] is FAIL]
@@ -197,10 +290,10 @@ def plan(root: Path, name: str, files: Dict[str, Optional[str]], reverse: bool =
                                   f"while {', '.join(patched)} {'is' if len(patched) == 1 else 'are'} patched "
                                   f"(the patch is half applied)")
     if all(v is not FAIL for v in forward.values()):
-        state.state, state.failing_file, state.failing_hunk = "applicable", None, None
+        state.state, state.failing_file, state.failing_hunk, state.failing_line = "applicable", None, None, None
         state.results = {} if reverse else forward
     elif all(v is not FAIL for v in backward.values()):
-        state.state, state.failing_file, state.failing_hunk = "applied", None, None
+        state.state, state.failing_file, state.failing_hunk, state.failing_line = "applied", None, None, None
         state.results = backward if reverse else {}
     return state
 
@@ -253,13 +346,23 @@ def apply(root) -> List[Tuple[str, str]]:
     drifted = [s for s in states if s.state == "drifted"]
     if drifted:
         s = drifted[0]
-        raise PatchError(f"{s.name}.patch does not fit {root / (s.failing_file or '')}: upstream "
+        raise PatchError(f"{s.name}.patch does not fit {root / (s.failing_file or '')}"
+                         f"{', ' + s.failing_line if s.failing_line else ''}: upstream "
                          f"drifted; this hunk no longer matches:\n{s.failing_hunk}")
     results: Dict[str, Optional[str]] = {}
     for s in states:
         results.update(s.results)
     write_all(root, results)
     return [(s.name, "applied" if s.state == "applicable" else "already applied") for s in states]
+
+
+def refusal(root: Path, state: PatchState, what: str) -> str:
+    """One line: ``<patch> <what>: <file>, line N holds ... where ... has ...; undo ...``; or the
+    half-applied reason, which names its files."""
+    if state.failing_line is None:
+        return f"{state.name}.patch {what}: {state.failing_hunk}"
+    return (f"{state.name}.patch {what}: {root / state.failing_file}, {state.failing_line}; undo that edit "
+            "(or restore the file from upstream) and run it again")
 
 
 def revert(root) -> List[Tuple[str, str]]:
@@ -271,7 +374,7 @@ def revert(root) -> List[Tuple[str, str]]:
     for name in reversed(PATCH_NAMES):
         state = plan(root, name, files, reverse=True)
         if state.state == "drifted":
-            raise PatchError(f"{name}.patch cannot be reverted: {state.failing_hunk}")
+            raise PatchError(refusal(root, state, "cannot be reverted"))
         files.update(state.results)
         results.update(state.results)
         outcome.append((name, "reverted" if state.state == "applied" else "not applied"))

@@ -51,12 +51,13 @@ def run(args: argparse.Namespace) -> int:
             for s in states:
                 print(f"{s.name}.patch: {s.state} ({', '.join(s.files)})", file=out)
                 if s.state == "drifted":
-                    print(f"  upstream drifted in {s.failing_file}; this hunk does not match:\n{s.failing_hunk}",
+                    where = f" ({s.failing_line})" if s.failing_line else ""
+                    print(f"  upstream drifted in {s.failing_file}{where}; this hunk does not match:\n{s.failing_hunk}",
                           file=out)
             if args.json:
                 print_json({"path": str(args.path), "action": "check", "patches": {
                     s.name: {"state": s.state, "files": s.files, "failing_file": s.failing_file,
-                             "failing_hunk": s.failing_hunk} for s in states}})
+                             "failing_line": s.failing_line, "failing_hunk": s.failing_hunk} for s in states}})
             return 1 if any(s.state == "drifted" for s in states) else 0
         action = "revert" if args.revert else "apply"
         outcome = revert(str(path)) if args.revert else apply(str(path))
