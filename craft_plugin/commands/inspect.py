@@ -19,9 +19,13 @@ OPTIONS = ("criterion", "threshold", "reference_quantile")   # the config.reacti
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("inspect", help="first-layer filter norms and inactive fraction of a model", description=__doc__)
     p.add_argument("model", help="model.pt, checkpoint_gpu_N.pt or .onnx")
-    p.add_argument("--criterion", choices=("relative", "absolute"), help="default: config.reactivation's")
-    p.add_argument("--threshold", type=float, help="default: config.reactivation's")
-    p.add_argument("--reference-quantile", type=float, help="default: config.reactivation's")
+    p.add_argument("--criterion", choices=("relative", "absolute"),
+                   help="a filter is inactive when its norm is below THRESHOLD times the median norm of the "
+                        "strong filters (relative) or below THRESHOLD (absolute) (default: config.reactivation's)")
+    p.add_argument("--threshold", type=float, help="see --criterion (default: config.reactivation's)")
+    p.add_argument("--reference-quantile", type=float,
+                   help="relative: the strong filters are those at or above this quantile of the norms "
+                        "(default: config.reactivation's)")
     p.add_argument("--png", help="filter-grid PNG path (default: MODEL with _conv1.png)")
     p.add_argument("--json", action="store_true", help="print only one JSON document on stdout")
     p.set_defaults(run=run)
