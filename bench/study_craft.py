@@ -1,4 +1,4 @@
-"""CRAFT evidence (issue 17): seeds x arms x weight decays on the replica, each arm paired with the
+"""CRAFT evidence: seeds x arms x weight decays on the replica, each arm paired with the
 baseline of the same seed.
 
 Arms: ``baseline`` (CRAFT off); ``craft`` (our defaults); ``random`` (strategy "random",
@@ -205,26 +205,45 @@ def verdicts(summary: Dict[str, Dict[str, Any]]) -> List[str]:
     return lines
 
 
-def plot(summary: Dict[str, Dict[str, Any]], weight_decays: List[float], path: Path, title: str) -> None:
+def check_steps(every: int, start: int, steps: int, epochs: int) -> List[int]:
+    """The steps at which the CRAFT arms check: every ``every`` steps from ``start``, and each epoch
+    end from ``start`` on (a step that is both is one line on the plot)."""
+    per_epoch = steps // epochs
+    ends = range(per_epoch, steps + 1, per_epoch)
+    return sorted({s for s in range(start, steps + 1, every)} | {s for s in ends if s >= start})
+
+
+def plot(summary: Dict[str, Dict[str, Any]], weight_decays: List[float], path: Path, title: str,
+         checks: List[int]) -> None:
+    import textwrap
+
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(weight_decays), figsize=(5.5 * len(weight_decays), 4), squeeze=False,
+    fig, axes = plt.subplots(1, len(weight_decays), figsize=(5.5 * len(weight_decays), 4.3), squeeze=False,
                              sharey=True)
     for ax, wd in zip(axes[0], weight_decays):
+        for k, step in enumerate(checks):
+            ax.axvline(step, color="grey", linestyle=":", linewidth=0.8,
+                       label="a check of the CRAFT arms" if k == 0 else None)
+        flat = True
         for arm in ARMS:
             e = summary[f"{arm}@{wd:g}"]
             mean, std = np.array(e["curve_mean"]), np.array(e["curve_std"])
+            flat = flat and not mean.any()
             line, = ax.plot(e["steps"], mean, label=arm)
             ax.fill_between(e["steps"], mean - std, mean + std, color=line.get_color(), alpha=0.15)
+        if flat:
+            ax.text(0.62, 0.45, "no filter became inactive in any arm:\nall lines lie on 0", transform=ax.transAxes,
+                    ha="center", va="center", fontsize=9, bbox={"facecolor": "white", "edgecolor": "none"})
         ax.set_title(f"weight decay {wd:g}")
         ax.set_xlabel("optimizer step")
         ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
     axes[0][0].set_ylabel("inactive conv1 filters (fraction)")
-    axes[0][-1].legend(fontsize=8)
-    fig.suptitle(f"{title}\ninactive: {YARDSTICK.describe()}", fontsize=10)
+    fig.suptitle(f"{title}\n{textwrap.fill(YARDSTICK.in_words(), 50 * len(weight_decays))}", fontsize=10)
     fig.tight_layout()
     tmp = path.with_name(path.stem + ".tmp.png")
     fig.savefig(tmp, dpi=100)
@@ -319,7 +338,8 @@ def main() -> None:
                f"{args.seeds} seeds")
     title = f"Inactive conv1 filters, mean ± std over {args.seeds} seeds"
     plot_path = out / "inactive_fraction.png"
-    plot(summary, args.weight_decays, plot_path, title)
+    checks = check_steps(args.every, args.every, steps, args.epochs)
+    plot(summary, args.weight_decays, plot_path, title, checks)
     lines = table(summary)
     print(f"{setting}\n{machine}; {len(runs)} runs in {seconds:.0f} s\n")
     print("\n".join(lines))
@@ -328,7 +348,7 @@ def main() -> None:
     (out / "study.json").write_text(json.dumps({"setting": setting, "machine": machine, "when": when,
                                                 "summary": summary, "runs": runs}, indent=1))
     if args.write_docs:
-        plot(summary, args.weight_decays, DOCS_PLOT, title)
+        plot(summary, args.weight_decays, DOCS_PLOT, title, checks)
         options = [a for a in sys.argv[1:] if a != "--write-docs"]
         if "--out" in options:  # where the scratch files went is not part of the recipe
             del options[options.index("--out"):options.index("--out") + 2]

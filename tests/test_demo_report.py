@@ -1,13 +1,11 @@
-"""The demo's verdict on the accuracy difference, and the filter-grid picture."""
+"""The demo's verdict on the accuracy difference and its report lines."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from scipy import stats
 
-from craft_plugin.commands.demo_report import T_975, paired_difference, verdict
-from craft_plugin.reactivation.grid import OUTLINE, filter_grid
+from craft_plugin.commands.demo_report import T_975, checks_line, paired_difference, verdict
 
 
 def test_t_quantiles_are_students():
@@ -29,11 +27,6 @@ def test_paired_difference_is_the_paired_t_interval(shift):
     assert ("within noise" in verdict(got)) == got["within_noise"]
 
 
-def test_filter_grid_is_large_numbered_and_outlines_the_inactive():
-    weight = torch.randn(64, 3, 3, 3)
-    plain, marked = filter_grid(weight), filter_grid(weight, [5])
-    assert min(plain.shape[:2]) >= 512
-    assert not (plain == OUTLINE).all(axis=2)[:-44].any()   # no outline above the legend without inactive filters
-    outlined = (marked == OUTLINE).all(axis=2)[:-44]
-    ys, xs = np.nonzero(outlined)
-    assert ys.size and xs.min() > marked.shape[1] // 2   # filter 5 sits in the right half of the first row
+def test_checks_line_lists_each_check_with_what_it_found_and_revived():
+    assert checks_line({"check_log": [[50, 0, 0], [64, 2, 2], [64, 0, 0]]}) == "50: 0/0, 64: 2/2, 64: 0/0"
+    assert checks_line({"check_log": []}) == "none"

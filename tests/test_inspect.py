@@ -42,3 +42,24 @@ def test_no_three_channel_conv_is_explained(tmp_path, capsys):
     torch.save(torch.nn.Linear(3, 4).state_dict(), tmp_path / "head.pt")
     assert main(["inspect", str(tmp_path / "head.pt")]) == 2
     assert "no convolution with 3 input channels" in capsys.readouterr().err
+
+
+def test_png_of_a_checkpoint_marks_the_filters_craft_revived(tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    from craft_plugin.reactivation.grid import OUTLINE, REVIVED
+
+    net = weak_model()
+    history = [{"step": 100, "reason": "step", "inactive": [7], "revived": [7]},
+               {"step": 150, "reason": "step", "inactive": [], "revived": []}]
+    torch.save({"global_step": 300, "state_dict_backbone": net.state_dict(),
+                "craft_plugin": {"reactivation": {"steps": 300, "history": history}}}, tmp_path / "checkpoint_gpu_0.pt")
+    torch.save(net.state_dict(), tmp_path / "model.pt")
+    marks = {}
+    for name in ("checkpoint_gpu_0.pt", "model.pt"):
+        assert main(["inspect", str(tmp_path / name), "--png", str(tmp_path / f"{name}.png"), "--json"]) == 0
+        assert last_json(capsys)["inactive"] == [5, 9]
+        picture = cv2.cvtColor(cv2.imread(str(tmp_path / f"{name}.png")), cv2.COLOR_BGR2RGB)
+        marks[name] = [(picture == np.asarray(colour, np.uint8)).all(axis=2).any() for colour in (OUTLINE, REVIVED)]
+    assert marks == {"checkpoint_gpu_0.pt": [True, True], "model.pt": [True, False]}   # model.pt holds no history

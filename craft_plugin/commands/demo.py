@@ -14,12 +14,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
+import shutil
 import time
+from pathlib import Path
 
 from craft_plugin.cli import UsageError, human, output_path, print_json
 
 DEMO_REACTIVATION = {"every": 50, "start": 50}
+RESULT_OPTIONS = ("epochs", "identities", "per_identity", "seed", "craft_every", "craft_start")
+PICTURES = ("conv1_filters.png", "inactive_filters.png")   # what --write-docs copies beside the page
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +55,47 @@ def check_sizes(args: argparse.Namespace) -> None:
                          f"expected at least {BATCH_SIZE} images (one batch)")
 
 
+def docs_command(args: argparse.Namespace) -> str:
+    """The command line a docs page cites: the options that change the results (not --out or
+    --json, which only say where the files and the report go) and the page, relative to the
+    working folder, so that the page names no folder of a particular machine."""
+    defaults = build_defaults()
+    given = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in RESULT_OPTIONS
+             if getattr(args, name) != defaults[name]]
+    page = Path(args.write_docs).resolve()
+    inside = page.is_relative_to(Path.cwd())   # a page outside the working folder is cited by its name
+    return " ".join(["craft-plugin demo", *given, f"--write-docs {page.relative_to(Path.cwd()) if inside else page.name}"])
+
+
+def build_defaults() -> dict:
+    """The demo's option defaults, read from its parser (their one source)."""
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers())
+    return vars(parser.parse_args(["demo"]))
+
+
+def write_docs(args: argparse.Namespace, docs: Path, summary: dict, started: str, seconds: float) -> list:
+    """The docs page and, beside it, copies of the two pictures it shows (each replaced atomically);
+    ``[(path, what)]``."""
+    from craft_plugin.commands import demo_report
+
+    written = []
+    pictures = {}
+    for name in PICTURES:
+        if not (Path(args.out) / name).is_file():   # the plot without matplotlib
+            continue
+        copy = docs.with_name(f"{docs.stem}_{name}")
+        tmp = copy.with_name(f".{copy.name}.tmp-{os.getpid()}")
+        shutil.copyfile(Path(args.out) / name, tmp)
+        os.replace(tmp, copy)
+        pictures[name] = copy.name
+        written.append((str(copy), f"copy of {name} for the docs page"))
+    tmp = docs.with_name(f".{docs.name}.tmp-{os.getpid()}")
+    tmp.write_text(demo_report.markdown(summary, docs_command(args), started, seconds, pictures), encoding="utf-8")
+    os.replace(tmp, docs)
+    return [(str(docs), "the docs page of this run")] + written
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
@@ -75,7 +119,8 @@ def run(args: argparse.Namespace) -> int:
               f"(--craft-start): CRAFT never runs, so both runs are identical; use more --epochs", file=report)
     logging.getLogger().setLevel(logging.WARNING)
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
-    started, clock = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.monotonic()
+    started = f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} at load average {os.getloadavg()[0]:.1f}"
+    clock = time.monotonic()
     result = run_demo(args, reactivation, report)
     runs = result["runs"]
     paired = demo_report.paired_difference(runs["craft"]["fold_accuracy"], runs["baseline"]["fold_accuracy"])
@@ -83,18 +128,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"\n{demo_report.verdict(paired)}", file=report)
     print(f"\ninactive conv1 filters over training (step: baseline / craft):\n  {demo_report.curve_line(runs)}",
           file=report)
-    print(f"\nfilter grids: {args.out}/baseline_conv1_filters.png, {args.out}/craft_conv1_filters.png; "
-          f"plot: {result['plot']}; TensorBoard: {args.out}/<run>/tensorboard", file=report)
+    print(f"\nCRAFT's checks (step: inactive found / revived):\n  {demo_report.checks_line(runs['craft'])}",
+          file=report)
+    files = result["files"]
     summary = {"settings": {"epochs": args.epochs, "identities": args.identities, "per_identity": args.per_identity,
                             "seed": args.seed, "reactivation": reactivation,
                             "weight_decay": SETTINGS["weight_decay"], "lr": SETTINGS["lr"]},
                "runs": runs, "paired": paired}
     if docs:
-        command = "craft-plugin demo " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["demo"] else "craft-plugin demo"
-        tmp = docs.with_name(f".{docs.name}.tmp-{os.getpid()}")
-        tmp.write_text(demo_report.markdown(summary, command, started, time.monotonic() - clock), encoding="utf-8")
-        os.replace(tmp, docs)
-        print(f"wrote {docs}", file=report)
+        files += write_docs(args, docs, summary, started, time.monotonic() - clock)
+    summary["files"] = [{"path": path, "what": what} for path, what in files]
+    print("\nfiles written:", *(f"  {path}: {what}" for path, what in files), sep="\n", file=report)
     if args.json:
         print_json(summary)
     return 0

@@ -51,6 +51,11 @@ def curve_line(runs: Dict[str, Dict[str, Any]]) -> str:
                                                               runs["craft"]["inactive_curve"]))
 
 
+def checks_line(run: Dict[str, Any]) -> str:
+    """CRAFT's checks as ``step: found/revived``; ``none`` for a run without checks."""
+    return ", ".join(f"{step}: {found}/{revived}" for step, found, revived in run["check_log"]) or "none"
+
+
 def machine() -> str:
     import torch
 
@@ -58,33 +63,45 @@ def machine() -> str:
             f"{platform.system()} {platform.release()}, Python {platform.python_version()}, torch {torch.__version__}")
 
 
-def markdown(report: Dict[str, Any], command: str, started: str, seconds: float) -> str:
-    """docs/demo.md from a run's report (``settings``, ``runs``, ``paired``)."""
+def markdown(report: Dict[str, Any], command: str, started: str, seconds: float,
+             pictures: Dict[str, str]) -> str:
+    """docs/demo.md from a run's report (``settings``, ``runs``, ``paired``); ``pictures`` maps
+    ``conv1_filters.png`` / ``inactive_filters.png`` to the copies beside the page."""
+    from craft_plugin.reactivation.detection import Criterion
+
     s, runs = report["settings"], report["runs"]
     rows = "\n".join(
         f"| {name} | {r['final_loss']:.3f} | {r['accuracy']:.3f} +- {r['accuracy_std']:.3f} | "
         f"{r['inactive_final']}/64 | {r['checks']} | {r['revived_total']} | {r['seconds']:.0f} s |"
         for name, r in runs.items())
+    shown = {"inactive_filters.png": "Inactive conv1 filters during training, CRAFT's checks and revivals",
+             "conv1_filters.png": "conv1 filters of both runs at the end, on one colour scale"}
+    figures = "\n\n".join(f"![{alt}]({pictures[name]})" for name, alt in shown.items() if name in pictures)
     return f"""# `craft-plugin demo`
 
-This page is written by `{command}` from the run it reports; do not edit it by hand.
+This page is written by `{command}` from the run it reports (the pictures beside it too);
+do not edit it by hand. `tests/test_demo_docs.py` re-runs the demo and fails if a number here
+differs from what the code gives.
 
 Writes a synthetic identity dataset as a real `train.rec`/`train.idx`/`property`
 ({s['identities']} identities x {s['per_identity']} images, 32x32 JPEG) and a `val.bin` of 200 pairs
 from 40 held-out identities; trains the mini arcface_torch pipeline twice with the same seed through
 the plugin hooks (baseline; then `config.reactivation = {s['reactivation']}`, CRAFT checked often
 because the run is short); prints final loss, 10-fold verification accuracy +- std, inactive conv1
-filters over time, revivals, and whether the accuracy difference is within noise (paired over the
-same 10 folds); writes `<out>/baseline_conv1_filters.png`, `<out>/craft_conv1_filters.png` (numbered
-tiles, inactive filters outlined in red), `<out>/inactive_filters.png` (matplotlib) and TensorBoard
-logs under `<out>/<run>/tensorboard`. `--json` prints the comparison as the one JSON document on
-stdout (progress and text on stderr).
+filters over time, CRAFT's checks and revivals, and whether the accuracy difference is within noise
+(paired over the same 10 folds). It writes each run's backbone as `<out>/<run>/model.pt` (for
+`craft-plugin inspect` and `craft-plugin export`), `<out>/conv1_filters.png` (both runs' filters side
+by side on one colour scale), `<out>/inactive_filters.png` (matplotlib) and TensorBoard logs under
+`<out>/<run>/tensorboard`, and lists every file it wrote. `--json` prints the comparison as the one
+JSON document on stdout (progress and text on stderr).
 
 The setting (SGD lr {s['lr']}, momentum 0.9, weight decay {s['weight_decay']}, CosFace m=0.35,
 batch 32, {runs['baseline']['steps']} steps, seed {s['seed']}) is one where the baseline loses
 first-layer filters; at weight decay 5e-4 (upstream's default) none die in so short a run. With
 `--epochs` so small that the run ends before step `--craft-start`, CRAFT never checks and both runs
 are identical; the demo says so.
+
+Here {Criterion().in_words()} (CRAFT's default rule, [craft.md](craft.md)).
 
 ## Measured
 
@@ -96,6 +113,11 @@ Run `{command}` started {started} and took {seconds / 60:.1f} min on: {machine()
 
 Inactive filters over training (step: baseline / craft): {curve_line(runs)}.
 
+CRAFT's checks (step: inactive found / revived): {checks_line(runs['craft'])}. Each check revives what
+it finds, so the craft curve, sampled between checks, stays low while the revivals add up.
+
 {verdict(report['paired'])} One seed, 200 pairs of a tiny synthetic task: we report it as measured
 and did not tune the data.
+
+{figures}
 """

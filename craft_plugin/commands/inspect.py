@@ -14,6 +14,7 @@ from typing import Any, Tuple
 from craft_plugin.cli import UsageError, human, output_path, print_json
 
 OPTIONS = ("criterion", "threshold", "reference_quantile")   # the config.reactivation options inspect takes
+NO_TRAINING = {"step": None, "history": None}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,11 +46,13 @@ def criterion_options(args: argparse.Namespace) -> Any:
                          f"(as config.reactivation.{option})") from exc
 
 
-def read_tensors(path: Path) -> list:
-    """``[(name, tensor)]`` of a torch file or an ONNX model, in file order."""
+def read_tensors(path: Path) -> Tuple[list, dict]:
+    """``([(name, tensor)], training)`` of a torch file or an ONNX model, tensors in file order;
+    ``training`` holds what an arcface_torch checkpoint records besides weights: ``step`` (its
+    ``global_step``) and ``history`` (CRAFT's checks), each None where the file has none."""
     import torch
 
-    from craft_plugin.checkpoints import UntrustedFileError, load_weights
+    from craft_plugin.checkpoints import UnreadableTorchFile, UntrustedFileError, load_weights
 
     if not path.is_file():
         raise UsageError(f"MODEL {path}: no such file")
@@ -64,43 +67,61 @@ def read_tensors(path: Path) -> list:
             graph = onnx.load(str(path)).graph
         except Exception as exc:  # onnx raises DecodeError and others for a foreign file: name the file
             raise UsageError(f"MODEL {path}: not a readable ONNX model ({exc})") from exc
-        return [(t.name, torch.from_numpy(numpy_helper.to_array(t).copy())) for t in graph.initializer]
+        tensors = []
+        for tensor in graph.initializer:
+            try:
+                tensors.append((tensor.name, torch.from_numpy(numpy_helper.to_array(tensor).copy())))
+            except Exception as exc:  # data cut short, dims changed, a foreign type: numpy and onnx raise several
+                raise UsageError(f"MODEL {path}: damaged ONNX initializer {tensor.name!r} (dims {list(tensor.dims)}): "
+                                 f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        return tensors, NO_TRAINING
     try:
         state = load_weights(path)
-    except UntrustedFileError as exc:
+    except (UntrustedFileError, UnreadableTorchFile) as exc:
         raise UsageError(f"MODEL {exc}") from exc
-    except Exception as exc:  # an image, a .rec, a truncated file: torch raises several types
+    except Exception as exc:  # any other failure of torch.load: name the file, keep the reason
         raise UsageError(f"MODEL {path}: not a torch file (model.pt, checkpoint_gpu_N.pt) or an .onnx "
                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
+    training = dict(NO_TRAINING)
     if isinstance(state, dict) and "state_dict_backbone" in state:
+        from craft_plugin.plugin import CHECKPOINT_KEY
+
+        training = {"step": state.get("global_step"),
+                    "history": state.get(CHECKPOINT_KEY, {}).get("reactivation", {}).get("history")}
         state = state["state_dict_backbone"]
     if not isinstance(state, dict):
         raise UsageError(f"MODEL {path}: expected a state_dict or an arcface_torch checkpoint, got {type(state).__name__}")
-    return [(k, v) for k, v in state.items() if torch.is_tensor(v)]
+    return [(k, v) for k, v in state.items() if torch.is_tensor(v)], training
 
 
-def first_conv_weight(path: Path) -> Tuple[str, Any]:
-    """``(name, weight)`` of the first 4-D weight with 3 input channels, in file order."""
-    for name, tensor in read_tensors(path):
+def first_conv_weight(path: Path) -> Tuple[str, Any, dict]:
+    """``(name, weight, training)`` of the first 4-D weight with 3 input channels, in file order
+    (``training`` as :func:`read_tensors`)."""
+    tensors, training = read_tensors(path)
+    for name, tensor in tensors:
         if tensor.dim() == 4 and tensor.size(1) == 3:
             name = name.replace("module.", "", 1)
-            return (name[: -len(".weight")] if name.endswith(".weight") else name), tensor.float()
+            return (name[: -len(".weight")] if name.endswith(".weight") else name), tensor.float(), training
     raise UsageError(f"MODEL {path}: no convolution with 3 input channels (a 4-D weight of shape (out, 3, kh, kw)); "
                      f"this does not look like an image backbone")
 
 
 def run(args: argparse.Namespace) -> int:
-    import cv2
-
     from craft_plugin.reactivation.detection import Criterion, summarize
-    from craft_plugin.reactivation.grid import filter_grid
+    from craft_plugin.reactivation.grid import filter_grid, revivals, save_png
 
     options = criterion_options(args)
     path = Path(args.model)
     png = output_path("--png", args.png) if args.png else path.with_name(path.stem + "_conv1.png")
-    name, weight = first_conv_weight(path)
-    facts = summarize(weight, Criterion(options.criterion, options.threshold, options.reference_quantile))
-    if not cv2.imwrite(str(png), cv2.cvtColor(filter_grid(weight, facts["inactive"]), cv2.COLOR_RGB2BGR)):
+    name, weight, training = first_conv_weight(path)
+    criterion = Criterion(options.criterion, options.threshold, options.reference_quantile)
+    facts = summarize(weight, criterion)
+    step = (f"at step {training['step']}" if training["step"] is not None else
+            "training step: not recorded in this file (a checkpoint_gpu_N.pt records it)")
+    shown = Path(*path.resolve().parts[-2:])   # e.g. baseline/model.pt: which run, without the machine's folders
+    title = f"{shown}: layer {name} ({'x'.join(map(str, weight.shape))})\n{step}"
+    picture = filter_grid(weight, facts["inactive"], title, revivals(training["history"] or []), criterion.in_words())
+    if not save_png(png, picture):
         raise UsageError(f"--png {png}: could not write the PNG there")
     facts.update({"model": str(path), "layer": name, "png": str(png)})
     if args.json:

@@ -164,8 +164,11 @@ class Reactivator:
             step = record["step"]
             self.summary_writer.add_scalar("craft/inactive_fraction", record["fraction"], step)
             self.summary_writer.add_scalar("craft/revived", len(record["revived"]), step)
-            self.summary_writer.add_image("craft/first_layer_filters", filter_grid(self.layer.conv.weight),
-                                          step, dataformats="HWC")
+            revived = {i: [step] for i in record["revived"]}
+            picture = filter_grid(self.layer.conv.weight, [i for i in record["inactive"] if i not in revived],
+                                  f"{self.layer.name} after CRAFT's check at step {step}", revived,
+                                  self.criterion.in_words())
+            self.summary_writer.add_image("craft/first_layer_filters", picture, step, dataformats="HWC")
 
     def state_dict(self) -> dict:
         return {"steps": self.steps, "generator": self.generator.get_state(),

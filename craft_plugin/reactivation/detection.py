@@ -42,6 +42,17 @@ class Criterion:
         return (f"norm < {self.threshold:g} x median norm of the filters above the "
                 f"{self.reference_quantile:g} quantile")
 
+    def in_words(self) -> str:
+        """The rule as a sentence for pictures and pages, e.g. "inactive = a filter whose weights'
+        L2 norm is below 0.1 x the median norm of the strongest 25% of the layer's filters"."""
+        if self.mode == "absolute":
+            return f"inactive = a filter whose weights' L2 norm is below {self.threshold:g}"
+        if self.mode == "activation":
+            return (f"inactive = a filter whose mean |BatchNorm output| on a training batch is below "
+                    f"{self.threshold:g} x the layer's mean")
+        return (f"inactive = a filter whose weights' L2 norm is below {self.threshold:g} x the median norm "
+                f"of the strongest {100 * (1 - self.reference_quantile):g}% of the layer's filters")
+
 
 def filter_norms(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().float().flatten(1).norm(dim=1)
