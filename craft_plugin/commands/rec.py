@@ -130,8 +130,8 @@ def run_verify(args: argparse.Namespace) -> int:
 def run_pack(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from craft_plugin.data.inventory import folder_images, identity_files
-    from craft_plugin.data.writer import write_rec
+    from craft_plugin.data.inventory import folder_images, identity_folders
+    from craft_plugin.data.writer import RecWriter
 
     out = output_path("OUT", args.out)
     if out.exists() and not out.is_dir():
@@ -139,12 +139,15 @@ def run_pack(args: argparse.Namespace) -> int:
     if out.is_dir() and any(out.iterdir()) and not args.force:
         raise UsageError(f"OUT {out}: not empty; give a new or empty folder, or --force to write into it")
     try:
-        identities = identity_files(args.folder)
+        identities = identity_folders(args.folder)
     except ValueError as exc:
         raise UsageError(f"FOLDER {exc}") from exc
-    total = sum(len(files) for _, files in identities)
-    try:
-        write_rec(out, tqdm(folder_images(identities), total=total, desc="pack", unit="img", file=sys.stderr))
+    total = sum(count for _, count in identities)
+    try:   # streamed: each image read, decoded once (checked, for its size) and written before the next
+        with RecWriter(out) as writer:
+            for file, label in tqdm(folder_images(identities), total=total, desc="pack", unit="img", file=sys.stderr):
+                writer.add(file, label)
+            writer.close()
     except (ValueError, OSError) as exc:
         raise UsageError(str(exc)) from exc
     tmp = out / f".{LABELS}.tmp-{os.getpid()}"

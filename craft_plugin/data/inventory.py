@@ -77,27 +77,37 @@ def verify(records: RecordFile, checks: Plan) -> Iterator[Dict]:
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp"}
 
 
-def identity_files(folder: Union[str, Path]) -> List[Tuple[Path, List[Path]]]:
-    """``[(identity folder, its image files)]`` in sorted order; label = position in the list.
-    A folder without sub-folders, or an identity folder without images, is refused (naming it):
-    dropping it would shift every later label."""
+def identity_images(folder: Path) -> List[Path]:
+    """The image files of one identity folder, sorted."""
+    return sorted(f for f in folder.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)
+
+
+def identity_folders(folder: Union[str, Path]) -> List[Tuple[Path, int]]:
+    """``[(identity folder, its number of images)]`` in sorted order; label = position in the
+    list. A folder without sub-folders, or an identity folder without images, is refused (naming
+    it): dropping it would shift every later label. Only counts are kept, not the file names, so
+    that ``rec pack`` holds one identity's names at a time."""
     if not Path(folder).is_dir():
         raise ValueError(f"{folder}: no such folder")
     subdirs = sorted(p for p in Path(folder).iterdir() if p.is_dir())
     if not subdirs:
         raise ValueError(f"{folder}: expected one sub-folder per identity, found none")
-    identities = [(sub, sorted(f for f in sub.iterdir() if f.suffix.lower() in IMAGE_EXTENSIONS)) for sub in subdirs]
-    empty = [str(sub) for sub, files in identities if not files]
+    identities = [(sub, len(identity_images(sub))) for sub in subdirs]
+    empty = [str(sub) for sub, count in identities if not count]
     if empty:
         raise ValueError(f"identity folders without images ({', '.join(sorted(IMAGE_EXTENSIONS))}): {empty[:5]}"
                          f"{f' and {len(empty) - 5} more' if len(empty) > 5 else ''}; remove them or add images")
     return identities
 
 
-def folder_images(identities: List[Tuple[Path, List[Path]]]) -> Iterator[Tuple[bytes, int]]:
-    """``(encoded bytes, label)`` for every image of :func:`identity_files`' list, each checked to decode."""
-    for label, (_, files) in enumerate(identities):
+def folder_images(identities: List[Tuple[Path, int]]) -> Iterator[Tuple[Path, int]]:
+    """``(image file, label)`` for every image of :func:`identity_folders`' list, in label order,
+    listing one identity folder at a time; a folder whose images changed since it was counted is
+    an error (its labels would no longer be the ones counted)."""
+    for label, (folder, count) in enumerate(identities):
+        files = identity_images(folder)
+        if len(files) != count:
+            raise ValueError(f"{folder}: {len(files)} images now, {count} when the folders were listed: "
+                             f"the folder changed while packing")
         for file in files:
-            data = file.read_bytes()
-            decode_rgb(data, str(file))
-            yield data, label
+            yield file, label
