@@ -163,3 +163,22 @@ def test_eval_bin_documents_compare_end_to_end(tmp_path, capsys):
     got = run_json(["eval", "compare", tmp_path / "m0.json", tmp_path / "m1.json"], capsys)["sets"]["lfw"]
     mean, low, high = hand_interval(*docs)
     assert (got["difference"], got["low"], got["high"]) == pytest.approx((mean, low, high), abs=1e-12)
+
+
+def test_eval_ijb_documents_compare_end_to_end(tmp_path, capsys):
+    """The documents and files `eval ijb --out` writes are what compare reads (a small synthetic set)."""
+    from craft_plugin.evaluation.synthetic import write_synthetic_ijb
+    from eval_ijb_helpers import MODULE_ARGS, save_tiny_model
+
+    write_synthetic_ijb(tmp_path / "IJBB", "IJBB", one_to_n=False)
+    results = []
+    for seed in (0, 1):
+        save_tiny_model(tmp_path / f"m{seed}.pt", seed=seed)
+        run_json(["eval", "ijb", tmp_path / f"m{seed}.pt", "--ijb", tmp_path / "IJBB", "--target", "IJBB",
+                  *MODULE_ARGS, "--workers", "0", "--device", "cpu", "--out", tmp_path / f"out{seed}"], capsys)
+        results.append(tmp_path / f"out{seed}" / "ijbb_results.json")
+    doc = run_json(["eval", "compare", *results, "--resamples", "10"], capsys)
+    got = doc["sets"]["IJBB"]
+    a, b = (json.loads(r.read_text())["tar_at_far"]["1e-04"] for r in results)
+    assert (got["a"], got["b"]) == (a, b) and got["difference"] == pytest.approx(b - a)
+    assert got["low"] <= got["high"] and doc["markdown"].splitlines()[2].split(" | ")[6] == f"{100 * a:.2f}"

@@ -241,7 +241,7 @@ def load_embedder(model: str, args: argparse.Namespace) -> Embedder:
     device = resolve_device(args)
     path = Path(model)
     if path.suffix.lower() == ".onnx":
-        if args.fp16:
+        if getattr(args, "fp16", False):
             raise ModelError(f"--fp16 applies to torch models; {model} runs in the precision it was exported in")
         given = [f"--{k.replace('_', '-')}" for k in ("arcface_torch", "config", "module", "network", "embedding_size")
                  if getattr(args, k, None)]
@@ -258,5 +258,5 @@ def load_embedder(model: str, args: argparse.Namespace) -> Embedder:
     source_path = path / "model.pt" if path.is_dir() else path
     info = {"path": str(source_path.resolve()), "network": network, "factory": source,
             "num_features": embedding_size, "batch_size": batch_size}
-    return TorchEmbedder(net.to(device), model, device, batch_size, bool(args.fp16), info)
+    return TorchEmbedder(net.to(device), model, device, batch_size, bool(getattr(args, "fp16", False)), info)
 
