@@ -93,9 +93,15 @@ def _number(path: Path, line: int, field: str, what: str, kind=float):
     return value
 
 
+def _check_landmark_line(path: Path, line: int, fields: List[str]) -> None:
+    """Raise the error of a landmark line whose numbers do not parse or are not finite."""
+    for value in fields[1:-1]:
+        _number(path, line, value, "landmark coordinate")
+    _number(path, line, fields[-1], "faceness score")
+
+
 def _read_landmarks(path: Path):
-    names: List[str] = []
-    rows: List[List[float]] = []
+    rows: List[List[str]] = []
     first_line: Dict[str, int] = {}
     for line, fields in _lines(path):
         if len(fields) != LANDMARKS_FIELDS:
@@ -105,14 +111,24 @@ def _read_landmarks(path: Path):
         if name in first_line:
             raise UsageError(f"{path}:{line}: image {name} is listed twice (first on line {first_line[name]})")
         first_line[name] = line
-        values = [_number(path, line, value, "landmark coordinate") for value in fields[1:-1]]
-        values.append(_number(path, line, fields[-1], "faceness score"))
-        names.append(name)
-        rows.append(values)
-    if not names:
+        rows.append(fields)
+    if not rows:
         raise UsageError(f"{path}: no image lines")
-    table = np.array(rows, dtype=np.float64).astype(np.float32)
-    return names, first_line, table[:, :10].reshape(-1, 5, 2).copy(), table[:, 10].copy()
+    # numpy's C parser, correctly rounded to float64 as Python's float(); then float32, as upstream
+    # (np.array([float(x) ...], dtype=np.float32) for landmarks, np.array(str).astype(np.float32) for scores)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            numbers = np.loadtxt(path, dtype=np.float64, comments=None, usecols=range(1, LANDMARKS_FIELDS), ndmin=2)
+        finite = np.isfinite(numbers).all(axis=1)
+    except ValueError:
+        numbers, finite = None, None
+    for row in (range(len(rows)) if finite is None else np.flatnonzero(~finite)):
+        _check_landmark_line(path, first_line[rows[row][0]], rows[row])
+    if numbers is None or numbers.shape != (len(rows), LANDMARKS_FIELDS - 1):
+        raise UsageError(f"{path}: landmarks and scores are not all numbers")
+    numbers = numbers.astype(np.float32)
+    return [fields[0] for fields in rows], first_line, numbers[:, :10].reshape(-1, 5, 2).copy(), numbers[:, 10].copy()
 
 
 def _read_template_media(path: Path, landmark_path: Path, first_line: Dict[str, int]):
