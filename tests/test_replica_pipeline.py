@@ -2,6 +2,8 @@
 changing nothing, distributed agreement."""
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 import pytest
@@ -110,9 +112,15 @@ EXPECTED_SEQUENCE_HEAD = [
 def test_hook_calls_and_order(tmp_path, fp16, gradient_acc):
     recorder = Recorder()
     cfg = tiny_config(tmp_path, fp16=fp16, gradient_acc=gradient_acc, save_all_states=True)
-    result = train(cfg, plugins=[recorder])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(cfg, plugins=[recorder])
     steps = result.global_step
     assert steps == 8
+    # upstream's order: lr_scheduler.step() on every micro-batch, opt.step() every gradient_acc-th, so
+    # the schedule counts micro-batches and torch warns at the first one when gradient_acc > 1
+    early = [w for w in caught if "lr_scheduler.step()" in str(w.message) and "optimizer.step()" in str(w.message)]
+    assert len(early) == (gradient_acc > 1) and result.lr_scheduler.last_epoch == steps
     names = [c[0] for c in recorder.calls]
     assert recorder.calls[:6] == EXPECTED_SEQUENCE_HEAD
     assert names.count("on_optimizer_step") == steps // gradient_acc

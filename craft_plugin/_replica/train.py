@@ -152,6 +152,11 @@ def train(cfg: Any, plugins: Optional[list] = None) -> TrainResult:
                     plugin_hook("on_optimizer_step", plugins=plugins, global_step=global_step,
                                 optimizer=opt, scaler=None)
                     opt.zero_grad()
+            # every micro-batch, outside the gradient_acc branch, as upstream's train_v2.py: the
+            # schedule (total_step = num_image // total_batch_size * num_epoch) counts micro-batches.
+            # With gradient_acc > 1 (or a first fp16 step GradScaler skips) the first call comes before
+            # any optimizer.step(), and torch warns "lr_scheduler.step() before optimizer.step()" there
+            # exactly as under upstream; the replica keeps that order on purpose
             lr_scheduler.step()
             result.losses.append(loss.item())
             if summary_writer is not None and global_step % cfg.frequent == 0:

@@ -15,12 +15,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from craft_plugin.losses import MARGIN_LOSSES, default_parameters
+    from craft_plugin.losses import MARGIN_LOSSES, defaults_in_force, values_in_force
     from craft_plugin.presets import PRESETS
 
-    presets = {name: {"values": PRESETS.get(name).values, "source": PRESETS.get(name).source}
+    def in_force(values: dict) -> dict:
+        return {k: values_in_force(v) if k == "margin_loss" else v for k, v in values.items()}
+
+    presets = {name: {"values": in_force(PRESETS.get(name).values), "source": PRESETS.get(name).source}
                for name in PRESETS.names()}
-    losses = {name: default_parameters(name) for name in MARGIN_LOSSES.names()}
+    losses = {name: defaults_in_force(name) for name in MARGIN_LOSSES.names()}
     if args.json:
         print_json({"presets": presets, "margin_losses": losses})
         return 0

@@ -31,10 +31,32 @@ def build_margin_loss(spec: Union[str, dict]) -> MarginLoss:
 
 
 def default_parameters(name: str) -> dict:
-    """The parameters and defaults of loss ``name``."""
+    """The parameters and defaults of loss ``name`` (the constructor's: None where
+    ``defaults_by`` derives the value)."""
     signature = inspect.signature(MARGIN_LOSSES.get(name).__init__)
     return {k: (list(p.default) if isinstance(p.default, tuple) else p.default)
             for k, p in signature.parameters.items() if k != "self"}
 
 
-__all__ = ["MARGIN_LOSSES", "MarginLoss", "build_margin_loss", "default_parameters"]
+def defaults_in_force(name: str) -> dict:
+    """``default_parameters``, a derived default shown as ``{"per <other>": {value: default}}``."""
+    params = default_parameters(name)
+    for key, (other, table) in MARGIN_LOSSES.get(name).defaults_by.items():
+        if params.get(key) is None:
+            params[key] = {f"per {other}": dict(table)}
+    return params
+
+
+def values_in_force(spec: Union[str, dict]) -> dict:
+    """``config.margin_loss`` with every derived default left unset (None) replaced by the value in
+    force (SphereFace-R's lw for its norm)."""
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+    defaults = default_parameters(spec["name"])
+    for key, (other, table) in MARGIN_LOSSES.get(spec["name"]).defaults_by.items():
+        if spec.get(key) is None:
+            spec[key] = table[spec.get(other, defaults[other])]
+    return spec
+
+
+__all__ = ["MARGIN_LOSSES", "MarginLoss", "build_margin_loss", "default_parameters", "defaults_in_force",
+           "values_in_force"]

@@ -155,6 +155,9 @@ class MarginLoss(torch.nn.Module):
     needs_norms = False
     needs_target_cosines = False  # the chunked path calls prepare_targets before any chunk
     source = ""  # the paper, and where the constructor's defaults come from (the loss's preset cites it)
+    # constructor parameters whose default None stands for a value chosen by another parameter:
+    # {parameter: (the other parameter, {its value: the value in force})}
+    defaults_by: dict = {}
 
     def __init__(self, s: float):
         super().__init__()

@@ -49,6 +49,7 @@ def psi(theta: torch.Tensor, m: float, magnitude: str) -> torch.Tensor:
 class SphereFaceR(MarginLoss):
     source = ("SphereFace-R, arXiv 2109.05565; hard feature normalisation, v0, s, m, lw and t as the authors' "
               "OpenSphere config")
+    defaults_by = {"lw": ("norm", LW_DEFAULTS)}
 
     def __init__(self, s: float = 30.0, m: float = 1.5, magnitude: str = "v0", norm: str = "hard",
                  detach: bool = True, lw: Optional[float] = None, t: float = 0.01, dm: float = 0.0,
@@ -60,7 +61,7 @@ class SphereFaceR(MarginLoss):
         self.magnitude = one_of("margin_loss.magnitude", magnitude, MAGNITUDES)
         self.norm = one_of("margin_loss.norm", norm, NORMS)
         self.detach = boolean("margin_loss.detach", detach)
-        self.lw = positive("margin_loss.lw", LW_DEFAULTS[self.norm] if lw is None else lw)
+        self.lw = positive("margin_loss.lw", self.defaults_by["lw"][1][self.norm] if lw is None else lw)
         self.t = non_negative("margin_loss.t", t)
         self.dm = non_negative("margin_loss.dm", dm)
         self.steps = sorted(integer(f"margin_loss.steps[{i}]", x, 0) for i, x in enumerate(steps))
