@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from craft_plugin.cli import UsageError, human, print_json
@@ -95,7 +96,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise UsageError(f"--workers {args.workers}: expected an integer >= 0")
     t = args.target.lower()
-    meta = read_ijb(args.ijb, args.target)
+    meta = read_ijb(args.ijb, args.target, progress=rank == 0)
     out = Path(args.out or f"eval-{t}")
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
@@ -127,6 +128,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                     return 0
                 raw = np.load(tmp, mmap_mode="r")
                 _stage_json(staged, sidecar_path(features), record)
+            print(f"scoring: {len(meta.names)} images into templates, {meta.p1.size} pairs", file=sys.stderr)
             result = run_scoring(meta, raw, args.flip, args.norm_score, args.detector_score)
             scores, curve = result.pop("scores"), result.pop("roc")
             files = {"scores": out / f"{t}_scores.npy", "pairs": out / f"{t}_pairs.npz",

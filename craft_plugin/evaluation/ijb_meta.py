@@ -18,12 +18,14 @@ and scores, integers for ids.
 from __future__ import annotations
 
 import hashlib
+import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Tuple
 
 import numpy as np
+from tqdm import tqdm
 
 from craft_plugin.cli import UsageError
 
@@ -74,10 +76,12 @@ def meta_sha256(root: Path, target: str) -> str:
     return digest.hexdigest()
 
 
-def _lines(path: Path) -> Iterator[Tuple[int, List[str]]]:
-    """``(line number, fields)`` of each non-blank line."""
+def _lines(path: Path, progress: bool = False) -> Iterator[Tuple[int, List[str]]]:
+    """``(line number, fields)`` of each non-blank line; with ``progress`` a line counter on stderr."""
     with open(path, encoding="utf-8", errors="replace") as handle:
-        for number, line in enumerate(handle, 1):
+        lines = tqdm(handle, desc=f"read {path.name}", unit=" lines", file=sys.stderr, leave=False,
+                     mininterval=0.5) if progress else handle
+        for number, line in enumerate(lines, 1):
             fields = line.split()
             if fields:
                 yield number, fields
@@ -100,10 +104,10 @@ def _check_landmark_line(path: Path, line: int, fields: List[str]) -> None:
     _number(path, line, fields[-1], "faceness score")
 
 
-def _read_landmarks(path: Path):
+def _read_landmarks(path: Path, progress: bool):
     rows: List[List[str]] = []
     first_line: Dict[str, int] = {}
-    for line, fields in _lines(path):
+    for line, fields in _lines(path, progress):
         if len(fields) != LANDMARKS_FIELDS:
             raise UsageError(f"{path}:{line}: expected NAME x1 y1 x2 y2 x3 y3 x4 y4 x5 y5 SCORE "
                              f"({LANDMARKS_FIELDS} fields), got {len(fields)}")
@@ -131,12 +135,12 @@ def _read_landmarks(path: Path):
     return [fields[0] for fields in rows], first_line, numbers[:, :10].reshape(-1, 5, 2).copy(), numbers[:, 10].copy()
 
 
-def _read_template_media(path: Path, landmark_path: Path, first_line: Dict[str, int]):
+def _read_template_media(path: Path, landmark_path: Path, first_line: Dict[str, int], progress: bool):
     index = {name: i for i, name in enumerate(first_line)}
     templates = np.full(len(index), -1, dtype=np.int64)
     medias = np.full(len(index), -1, dtype=np.int64)
     seen: Dict[str, int] = {}
-    for line, fields in _lines(path):
+    for line, fields in _lines(path, progress):
         if len(fields) != TEMPLATE_MEDIA_FIELDS:
             raise UsageError(f"{path}:{line}: expected NAME TEMPLATE MEDIA ({TEMPLATE_MEDIA_FIELDS} fields), "
                              f"got {len(fields)}")
@@ -201,8 +205,9 @@ def _read_pairs(path: Path, known_templates: np.ndarray, template_path: Path):
     return p1, p2, labels.astype(np.int8)
 
 
-def read_ijb(root, target: str) -> IJBMeta:
-    """Read and check the 1:1 protocol of the IJB release at ``root`` for ``target`` (IJBB or IJBC)."""
+def read_ijb(root, target: str, progress: bool = False) -> IJBMeta:
+    """Read and check the 1:1 protocol of the IJB release at ``root`` for ``target`` (IJBB or IJBC);
+    ``progress`` shows a line counter on stderr while the per-image lists are read."""
     if target not in TARGETS:
         raise UsageError(f"--target {target}: expected one of {', '.join(TARGETS)}")
     root = Path(root)
@@ -214,8 +219,8 @@ def read_ijb(root, target: str) -> IJBMeta:
             raise UsageError(f"{path}: missing; an {target} release has meta/{path.name}")
     if not (root / "loose_crop").is_dir():
         raise UsageError(f"{root / 'loose_crop'}: missing; the release's face crops live there")
-    names, first_line, landmarks, faceness = _read_landmarks(landmark_path)
-    templates, medias = _read_template_media(template_path, landmark_path, first_line)
+    names, first_line, landmarks, faceness = _read_landmarks(landmark_path, progress)
+    templates, medias = _read_template_media(template_path, landmark_path, first_line, progress)
     p1, p2, labels = _read_pairs(pair_path, np.unique(templates), template_path)
     return IJBMeta(root=root, target=target, names=np.array(names), templates=templates, medias=medias,
                    landmarks=landmarks, faceness=faceness, p1=p1, p2=p2, labels=labels)
