@@ -19,8 +19,8 @@ class TinyNet(nn.Module):
         self.features = nn.Sequential(
             nn.Conv2d(3, 8, 5, stride=4, padding=2, bias=False), nn.BatchNorm2d(8), nn.PReLU(8),
             nn.Conv2d(8, 16, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(16), nn.PReLU(16),
-            nn.AdaptiveAvgPool2d(4), nn.Flatten())
-        self.fc = nn.Linear(16 * 16, num_features)
+            nn.AdaptiveAvgPool2d(7), nn.Flatten())   # 14x14 -> 7x7 (ONNX-exportable)
+        self.fc = nn.Linear(16 * 49, num_features)
         self.bn = nn.BatchNorm1d(num_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -139,14 +139,48 @@ def test_torchrun_joins_a_gloo_group_and_rank_0_writes(release, tmp_path, capsys
     assert json.loads(done.stdout)["tar_at_far"] == json.loads((tmp_path / "one" / "ijbc_results.json").read_text())["tar_at_far"]
 
 
-def write_unsupported_onnx(path):
-    import onnx
-    from onnx import TensorProto, helper
+def write_onnx(path, channels, size):
+    """A one-node graph: an Identity on (1, channels, size, size) or, for 3 channels, a global pooling
+    to a (N, 3) "embedding"."""
+    from onnx import TensorProto, helper, save
 
-    graph = helper.make_graph([helper.make_node("Identity", ["data"], ["out"])], "g",
-                              [helper.make_tensor_value_info("data", TensorProto.FLOAT, [1, 1, 112, 112])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 1, 112, 112])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), str(path))
+    if channels == 3:
+        nodes = [helper.make_node("GlobalAveragePool", ["data"], ["pooled"]),
+                 helper.make_node("Flatten", ["pooled"], ["out"])]
+        out = helper.make_tensor_value_info("out", TensorProto.FLOAT, ["N", 3])
+        shape = ["N", 3, size, size]
+    else:
+        nodes = [helper.make_node("Identity", ["data"], ["out"])]
+        shape = [1, channels, size, size]
+        out = helper.make_tensor_value_info("out", TensorProto.FLOAT, shape)
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("data", TensorProto.FLOAT, shape)], [out])
+    save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)]), str(path))
+
+
+def use_onnx(model_args, path):
+    model_args[2] = str(path)
+    for option in ("--module", "--network", "--embedding-size"):
+        at = model_args.index(option)
+        del model_args[at:at + 2]
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the TorchScript exporter, as craft-plugin export uses
+def test_an_onnx_export_gives_the_torch_models_features(release, tmp_path, capsys):
+    """The ONNX path (numpy images through onnxruntime, model_zoo's (x - 127.5) / 127.5) against the
+    torch path ((x / 255 - 0.5) / 0.5) of the same network."""
+    root, _ = release
+    net = save_tiny_model(tmp_path / "model.pt")
+    torch.onnx.export(net, (torch.zeros(1, 3, 112, 112),), str(tmp_path / "model.onnx"), input_names=["data"],
+                      output_names=["embedding"], dynamic_axes={"data": {0: "N"}, "embedding": {0: "N"}},
+                      opset_version=11, dynamo=False)
+    args = argv(root, tmp_path / "onnx")
+    use_onnx(args, tmp_path / "model.onnx")
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert json.loads(out)["model"]["format"] == "onnx"
+    assert run_cli(argv(root, tmp_path / "torch"), capsys)[0] == 0
+    a, b = np.load(tmp_path / "onnx" / "ijbc_features.npy"), np.load(tmp_path / "torch" / "ijbc_features.npy")
+    assert np.allclose(a, b, rtol=0, atol=1e-5 * np.abs(b).max())
 
 
 def break_release(kind, data, model_args):
@@ -171,12 +205,13 @@ def break_release(kind, data, model_args):
         model_args[model_args.index("tiny")] = "featuremap"
         return "not an embedding model"
     if kind == "onnx-input":
-        write_unsupported_onnx(data / "model.onnx")
-        model_args[2] = str(data / "model.onnx")
-        for option in ("--module", "--network", "--embedding-size"):
-            at = model_args.index(option)
-            del model_args[at:at + 2]
+        write_onnx(data / "model.onnx", channels=1, size=112)
+        use_onnx(model_args, data / "model.onnx")
         return "unsupported input"
+    if kind == "onnx-input-size":
+        write_onnx(data / "model.onnx", channels=3, size=128)
+        use_onnx(model_args, data / "model.onnx")
+        return "takes 128x128 inputs; the IJB protocol aligns crops to arcface's 112x112 template"
     if kind == "features-of-other-data":
         features = data / "f.npy"
         np.save(features, np.zeros((3, 2, EMBEDDING_SIZE), np.float32))
@@ -188,7 +223,8 @@ def break_release(kind, data, model_args):
 
 
 @pytest.mark.parametrize("kind", ["missing-meta", "landmark-line", "unreadable-image", "unknown-template",
-                                  "not-an-embedding", "onnx-input", "features-of-other-data"])
+                                  "not-an-embedding", "onnx-input", "onnx-input-size",
+                                  "features-of-other-data"])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(release, tmp_path, capsys, kind):
     root, _ = release
     data = tmp_path / "data"

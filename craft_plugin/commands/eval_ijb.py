@@ -85,6 +85,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from craft_plugin.distributed import rank_and_world_size
+    from craft_plugin.evaluation.alignment import ALIGNED_SIZE
     from craft_plugin.evaluation.ijb_embed import embed_ijb, features_record, open_features, sidecar_path
     from craft_plugin.evaluation.ijb_meta import read_ijb
     from craft_plugin.evaluation.ijb_scoring import run_scoring
@@ -109,6 +110,9 @@ def _evaluate(args: argparse.Namespace) -> int:
         raise UsageError(f"--features {features}: the folder {features.parent} does not exist; create it first")
     rescore = bool(args.features) and features.exists()
     embedder = load_embedder(args.model, args)
+    if tuple(embedder.input_size) != ALIGNED_SIZE:
+        raise UsageError(f"{args.model}: takes {embedder.input_size[0]}x{embedder.input_size[1]} inputs; the IJB "
+                         f"protocol aligns crops to arcface's {ALIGNED_SIZE[0]}x{ALIGNED_SIZE[1]} template")
     record = features_record(meta, embedder)
     raw = open_features(features, record) if rescore else None
     if rank != 0 and rescore:
