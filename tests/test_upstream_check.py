@@ -86,3 +86,15 @@ def test_upstream_check_refuses_bad_arguments_in_one_line(tmp_path, capsys, case
     assert len(err) == 1 and err[0].startswith("upstream_check: "), err
     assert {"missing": "no such folder", "not a checkout": "not an arcface_torch checkout",
             "work not empty": "not empty", "nproc": "--nproc 0"}[case] in err[0]
+
+
+@pytest.mark.parametrize("patched", [False, True])
+def test_the_round_trip_gives_back_the_checkout_patched_or_not(tmp_path, patched):
+    from craft_plugin.patching import apply
+
+    checkout = stand_in_checkout(tmp_path / "at")
+    if patched:
+        apply(str(checkout))
+    ok, detail = tool("upstream_check").round_trip(checkout, tmp_path / "copy")
+    assert ok, detail
+    assert detail.startswith("revert" if patched else "apply")
