@@ -19,6 +19,9 @@ taken from rank 0, which is also where upstream's ``model.pt`` comes from.
 """
 from __future__ import annotations
 
+import functools
+import inspect
+import logging
 import pickle
 import re
 from struct import error as struct_error
@@ -89,19 +92,36 @@ ZIP_MAGIC = b"PK\x03\x04"       # torch.save's archive format (torch >= 1.6)
 LEGACY_MAGIC = b"\x80"           # a pickle's PROTO opcode: the legacy torch.save format starts so
 
 
+def supports_mmap() -> bool:
+    """Whether this torch's ``torch.load`` takes ``mmap=`` (torch >= 2.1)."""
+    return "mmap" in inspect.signature(torch.load).parameters
+
+
+@functools.lru_cache(maxsize=None)
+def _say_no_mmap() -> None:
+    logging.warning("craft-plugin: torch %s cannot memory-map checkpoints (torch >= 2.1 can): they are read "
+                    "into memory", torch.__version__)
+
+
 def load_weights(path, mmap: bool = False) -> object:
     """The contents of a torch file (``model.pt``, a checkpoint) through ``torch.load`` with
     ``weights_only=True``: tensors, numbers, strings and containers only. Every file the plugin
     loads goes through here; a pickle referencing any other global (``os.system``,
     ``pathlib.Path.touch``, a class) raises :class:`UntrustedFileError` before anything runs; a
-    file that is no torch file, or a damaged one, :class:`UnreadableTorchFile`."""
+    file that is no torch file, or a damaged one, :class:`UnreadableTorchFile`. ``mmap`` maps the
+    tensors lazily where torch can (>= 2.1); an older torch reads them into memory, saying so."""
+    options = {}
+    if mmap and supports_mmap():
+        options["mmap"] = True
+    elif mmap:
+        _say_no_mmap()  # once per process
     with open(path, "rb") as handle:
         start = handle.read(len(ZIP_MAGIC))
     if not (start.startswith(ZIP_MAGIC) or start.startswith(LEGACY_MAGIC)):
         raise UnreadableTorchFile(f"{path}: not a torch file: it starts with {start!r}, neither a zip archive "
                                   f"(torch.save) nor a legacy torch pickle")
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+        return torch.load(str(path), map_location="cpu", weights_only=True, **options)
     except pickle.UnpicklingError as exc:
         found = re.search(r"GLOBAL (\S+)", str(exc))
         if found:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import os
 import sys
 import warnings
@@ -49,12 +50,14 @@ def export_onnx(net: torch.nn.Module, path: Path, opset: int) -> None:
     import torch
 
     example = torch.rand(1, 3, INPUT_SIZE, INPUT_SIZE, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    # opset 11 needs the TorchScript exporter (the dynamo exporter starts at opset 18): asked for by
+    # dynamo=False where torch has that choice (>= 2.5); before, it is the only exporter
+    choice = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     with warnings.catch_warnings():
-        # opset 11 needs the TorchScript exporter (the dynamo exporter starts at opset 18)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         torch.onnx.export(net, (example,), str(path), input_names=["data"], output_names=["embedding"],
-                          keep_initializers_as_inputs=False, opset_version=opset, dynamo=False,
-                          dynamic_axes={"data": {0: "None"}, "embedding": {0: "None"}})
+                          keep_initializers_as_inputs=False, opset_version=opset,
+                          dynamic_axes={"data": {0: "None"}, "embedding": {0: "None"}}, **choice)
 
 
 def check_with_onnxruntime(net: torch.nn.Module, path: Path, batch: int) -> dict:
