@@ -182,3 +182,23 @@ def test_eval_ijb_documents_compare_end_to_end(tmp_path, capsys):
     a, b = (json.loads(r.read_text())["tar_at_far"]["1e-04"] for r in results)
     assert (got["a"], got["b"]) == (a, b) and got["difference"] == pytest.approx(b - a)
     assert got["low"] <= got["high"] and doc["markdown"].splitlines()[2].split(" | ")[6] == f"{100 * a:.2f}"
+
+
+@pytest.mark.parametrize("far", [1e-4, 1e-3, 1e-2])
+def test_ranked_pairs_give_roc_curve_on_the_repeated_pairs(far):
+    """The prefix computation of the bootstrap equals roc_curve on the pairs repeated by their
+    counts, with tied scores, counts of 0 and runs that count nothing."""
+    from craft_plugin.evaluation.compare import RankedPairs, tar_at
+
+    rng = np.random.default_rng(int(far * 1e4))
+    fast_paths = 0
+    for case in range(40):
+        n = int(rng.integers(2000, 30000))
+        labels = (rng.random(n) < rng.uniform(0.01, 0.3)).astype(np.int8)
+        scores = np.round(labels * rng.uniform(0.2, 2) + rng.normal(0, 1, n), int(rng.integers(1, 4)))
+        ranked = RankedPairs(scores, labels, far, min_prefix=64)
+        counts = rng.poisson(rng.uniform(0.3, 2), n) * rng.integers(0, 2, n) if case % 2 else rng.poisson(1, n)
+        genuine = int(counts[labels == 1].sum())
+        fast_paths += ranked.prefix < n
+        assert ranked.tar(counts, genuine, int(counts.sum()) - genuine) == tar_at(scores, labels, counts, far)
+    assert fast_paths > 20

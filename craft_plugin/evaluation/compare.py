@@ -128,11 +128,53 @@ def load_pairs(doc: Dict[str, Any]) -> Tuple[np.ndarray, np.ndarray, np.ndarray,
     return scores, p1, p2, labels
 
 
-def tar_at(scores_ascending: np.ndarray, labels: np.ndarray, counts: np.ndarray) -> float:
-    """TAR at FAR 1e-4 (nearest rule) of the pairs repeated ``counts`` times each."""
-    keep = np.repeat(np.arange(scores_ascending.size), counts)
-    fpr, tpr, _ = roc.roc_curve(labels[keep], scores_ascending[keep])
-    return float(tpr[roc.operating_point(fpr, tpr, IJB_FAR, "nearest")])
+def tar_at(scores: np.ndarray, labels: np.ndarray, counts: np.ndarray, far: float = IJB_FAR) -> float:
+    """TAR at ``far`` (nearest rule) of the pairs repeated ``counts`` times each: ``roc.roc_curve``
+    on the repeated pairs (the reference :class:`RankedPairs` is held to)."""
+    keep = np.repeat(np.arange(scores.size), counts)
+    fpr, tpr, _ = roc.roc_curve(labels[keep], scores[keep])
+    return float(tpr[roc.operating_point(fpr, tpr, far, "nearest")])
+
+
+class RankedPairs:
+    """One model's pair scores ranked once as ``roc.roc_curve`` ranks them, for many resamples.
+
+    :meth:`tar` gives :func:`tar_at` without repeating and re-sorting the pairs: in the ranked
+    order the ROC points are the ends of the runs of equal scores (a run whose pairs all count 0
+    is no point, as a pair counted 0 times is absent), with cumulative counts of genuine and
+    impostor pairs; ``drop_intermediate`` drops a point on a straight segment between its
+    neighbours. The nearest-FPR rule never picks a point with FPR > 2 ``far``: the curve's start
+    (FPR 0) is nearer. So only a prefix of the ranking is needed, up to two kept points beyond
+    FPR 2 ``far`` (the last one's fate depends on its unseen neighbour and is not used); the
+    prefix doubles until it holds them, and the whole list falls back to :func:`tar_at`."""
+
+    def __init__(self, scores: np.ndarray, labels: np.ndarray, far: float = IJB_FAR, min_prefix: int = 4096):
+        self.scores, self.labels, self.far = scores, labels, far
+        self.order = np.argsort(scores, kind="mergesort")[::-1]     # roc_curve's order
+        self.genuine = (labels[self.order] == 1).astype(np.int64)
+        ranked = scores[self.order]
+        self.run_ends = np.r_[np.flatnonzero(np.diff(ranked)), ranked.size - 1]
+        impostors = np.cumsum(1 - self.genuine)
+        self.prefix = max(min_prefix, 2 * int(np.searchsorted(impostors, 4 * far * impostors[-1])))
+
+    def tar(self, counts: np.ndarray, genuine_total: int, impostor_total: int) -> float:
+        """TAR at ``far`` when pair k counts ``counts[k]`` times (totals: the counted pairs of each label)."""
+        n = self.order.size
+        length = self.prefix
+        while length < n:
+            w = counts[self.order[:length]]
+            tp = np.cumsum(w * self.genuine[:length])
+            fp = np.cumsum(w) - tp
+            ends = self.run_ends[:np.searchsorted(self.run_ends, length - 1, side="right")]
+            ends = ends[np.diff(np.r_[0, tp[ends] + fp[ends]]) > 0]     # runs that count at all
+            tps, fps = tp[ends], fp[ends]
+            if ends.size >= 3 and np.count_nonzero(fps > 2 * self.far * impostor_total) >= 2:
+                keep = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2))]   # all points but the last
+                fpr = np.r_[0.0, fps[:-1][keep]] / float(impostor_total)
+                tpr = np.r_[0.0, tps[:-1][keep]] / float(genuine_total)
+                return float(tpr[roc.operating_point(fpr, tpr, self.far, "nearest")])
+            length *= 2
+        return tar_at(self.scores, self.labels, counts, self.far)
 
 
 def template_index(p1: np.ndarray, p2: np.ndarray) -> Tuple[int, np.ndarray, np.ndarray]:
@@ -155,14 +197,15 @@ def bootstrap_differences(a: Tuple[np.ndarray, ...], b_scores: np.ndarray, resam
 
     scores_a, p1, p2, labels = a
     templates, i1, i2 = template_index(p1, p2)
-    order_a, order_b = np.argsort(scores_a, kind="stable"), np.argsort(b_scores, kind="stable")
-    sorted_a = (scores_a[order_a], labels[order_a])   # sorted once: each resample's sort is then linear
-    sorted_b = (b_scores[order_b], labels[order_b])
+    ranked_a, ranked_b = RankedPairs(scores_a, labels), RankedPairs(b_scores, labels)
+    genuine = (labels == 1).astype(np.int64)
     rng = np.random.default_rng(seed)
     out = np.empty(resamples)
     for r in tqdm(range(resamples), desc=desc, unit="resample", file=sys.stderr, disable=None, leave=False):
         counts = template_counts(rng, templates, i1, i2)
-        out[r] = tar_at(*sorted_b, counts[order_b]) - tar_at(*sorted_a, counts[order_a])
+        genuine_total = int(np.dot(counts, genuine))
+        impostor_total = int(counts.sum()) - genuine_total
+        out[r] = ranked_b.tar(counts, genuine_total, impostor_total) - ranked_a.tar(counts, genuine_total, impostor_total)
     return out
 
 
