@@ -101,12 +101,14 @@ def test_arcface_cosface_equal_upstream_filtered_loss_value_and_gradient(name):
 
 def pfc_step(kind, name, threshold, sample_rate, world_size=1, rank=0, dtype=torch.float64):
     """(loss, embedding gradient, weight gradient) of one Partial FC step: ``kind`` "upstream"
-    (the replica Partial FC with the formula above), "materialised" or "lean" (the plugin's loss)."""
+    (the replica Partial FC with the formula above), "materialised", "lean" or "lean-kept" (the
+    plugin's loss; the lean path recomputing, or keeping, the cosines for the backward)."""
     torch.manual_seed(0)
     if kind == "upstream":
         pfc = PartialFC_V2(UpstreamFiltered(UPSTREAM_FORMS[name], threshold), DIM, CLASSES, sample_rate, False)
     else:
-        cls = lean_partial_fc(PartialFC_V2, CHUNK) if kind == "lean" else norm_aware_partial_fc(PartialFC_V2)
+        cls = (lean_partial_fc(PartialFC_V2, CHUNK, kind == "lean") if kind.startswith("lean")
+               else norm_aware_partial_fc(PartialFC_V2))
         pfc = cls(plugin_loss(name, threshold), DIM, CLASSES, sample_rate, False)
     pfc = pfc.to(dtype)
     gen = torch.Generator().manual_seed(3)
@@ -132,14 +134,14 @@ def steps_on_every_path(world_size_check=None):
             for threshold in (THRESHOLD, 0.0):
                 out[name, sample_rate, threshold] = {
                     kind: pfc_step(kind, name, threshold, sample_rate, world_size, rank)
-                    for kind in ("upstream", "materialised", "lean")}
+                    for kind in ("upstream", "materialised", "lean", "lean-kept")}
     return out
 
 
 def assert_paths_equal_upstream(results):
     for (name, sample_rate, threshold), by_kind in results.items():
         want = by_kind["upstream"]
-        for kind in ("materialised", "lean"):
+        for kind in ("materialised", "lean", "lean-kept"):
             for got, ref, what in zip(by_kind[kind], want, ("loss", "embedding gradient", "weight gradient")):
                 err = float((got - ref).abs().max() / ref.abs().max())
                 assert err <= 1e-10, (name, sample_rate, threshold, kind, what, err)
@@ -198,10 +200,11 @@ CHUNKED_SPECS = [spec for spec in ALL_SPECS if build_margin_loss(spec).chunkable
 
 
 def lean_vs_materialised(spec, world_size=1, rank=0, sample_rate=0.5):
+    """[lean recomputing, lean keeping the cosines, materialised]: (loss, gradients) of one step."""
     out = []
-    for lean in (True, False):
+    for lean in (True, "kept", False):
         torch.manual_seed(0)
-        cls = lean_partial_fc(PartialFC_V2, CHUNK) if lean else norm_aware_partial_fc(PartialFC_V2)
+        cls = lean_partial_fc(PartialFC_V2, CHUNK, lean is True) if lean else norm_aware_partial_fc(PartialFC_V2)
         loss = plugin_loss(spec, THRESHOLD)
         pfc = cls(loss, DIM, CLASSES, sample_rate, False).to(torch.float64)
         gen = torch.Generator().manual_seed(3)
@@ -222,9 +225,10 @@ def lean_vs_materialised(spec, world_size=1, rank=0, sample_rate=0.5):
 
 @pytest.mark.parametrize("spec", CHUNKED_SPECS, ids=[ALL_IDS[ALL_SPECS.index(s)] for s in CHUNKED_SPECS])
 def test_every_chunked_loss_equals_its_materialised_step_with_the_filter(spec):
-    lean, plain = lean_vs_materialised(spec)
-    for got, want in zip(lean, plain):
-        assert float((got - want).abs().max() / want.abs().max()) <= 1e-10
+    *leans, plain = lean_vs_materialised(spec)
+    for lean in leans:
+        for got, want in zip(lean, plain):
+            assert float((got - want).abs().max() / want.abs().max()) <= 1e-10
 
 
 def two_rank_every_loss():
@@ -234,9 +238,10 @@ def two_rank_every_loss():
 
 def test_two_gloo_ranks_every_chunked_loss_equals_its_materialised_step():
     for results in run_distributed(two_rank_every_loss, 2):
-        for (lean, plain), spec in zip(results, CHUNKED_SPECS):
-            for got, want in zip(lean, plain):
-                assert float((got - want).abs().max() / want.abs().max()) <= 1e-10, spec
+        for (*leans, plain), spec in zip(results, CHUNKED_SPECS):
+            for lean in leans:
+                for got, want in zip(lean, plain):
+                    assert float((got - want).abs().max() / want.abs().max()) <= 1e-10, spec
 
 
 def test_the_config_key_reaches_the_loss_and_is_checked():
