@@ -160,3 +160,18 @@ def test_a_header_record_with_one_label_value(tmp_path, capfd):
     one_line(capfd.readouterr().err, str(tmp_path / "train.rec"), "at byte offset 0", "holds 1 label values")
     with pytest.raises(RecordError, match="holds 1 label values"):
         RecFaceDataset(str(tmp_path))
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda lines: lines[:3] + lines[4:], "bytes in no indexed record"),            # a lost .idx line
+    (lambda lines: lines[:-1], "the end of the file follows"),                     # the last record not indexed
+])
+def test_verify_finds_records_no_index_line_points_to(tmp_path, capfd, change, words):
+    folder = write_rec(tmp_path / "headerless", [(np.full((16, 16, 3), k, np.uint8), k) for k in range(5)], header=False)
+    write_idx(folder, change(idx_lines(folder)))
+    RecFaceDataset(str(folder))   # training cannot see it without reading every record
+    assert main(["rec", "verify", str(folder), "--json"]) == 1
+    import json
+
+    report = json.loads(capfd.readouterr().out)
+    assert len(report["corrupt"]) == 1 and words in report["corrupt"][0]["problem"]

@@ -121,7 +121,7 @@ def run_verify(args: argparse.Namespace) -> int:
                 bad.append(record)
                 bar.write(f"corrupt record {record['key']} at byte offset {record['offset']}: {record['problem']}",
                           file=out)
-    print(f"{total} records, {len(bad)} corrupt", file=out)
+    print(f"{total} records, {len({record['key'] for record in bad})} corrupt", file=out)
     if args.json:
         print_json({"path": args.path, "records": total, "corrupt": bad})
     return DAMAGED if bad else 0

@@ -58,14 +58,18 @@ class RestrictedUnpickler(pickle.Unpickler):
 
 def unpickle(raw: bytes, path: str, encoding: str) -> object:
     """The restricted unpickling of ``raw``; any failure is a ValueError naming the file and the
-    byte offset where the pickle stopped (the numpy and pickle machinery raise many types)."""
+    byte offset where the pickle stopped (the numpy and pickle machinery raise many types), but a
+    UnicodeDecodeError under the default encoding, which says: a Python 2 pickle, retry."""
     stream = io.BytesIO(raw)
     try:
         return RestrictedUnpickler(stream, encoding=encoding).load()
     except RefusedGlobal as exc:
         raise RefusedGlobal(f"{path}: refused: {exc}") from exc
     except UnicodeDecodeError:
-        raise
+        if encoding != "bytes":
+            raise
+        raise ValueError(f"{path}: truncated or not a .bin verification set ({len(raw)} bytes; the pickle stops "
+                         f"at byte offset {stream.tell()}): a string that is not valid UTF-8") from None
     except Exception as exc:  # noqa: BLE001 - truncated, damaged or not a pickle at all
         raise ValueError(f"{path}: truncated or not a .bin verification set ({len(raw)} bytes; the pickle stops "
                          f"at byte offset {stream.tell()}): {type(exc).__name__}: {exc}") from exc

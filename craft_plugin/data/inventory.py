@@ -5,6 +5,8 @@ import os
 from pathlib import Path
 from typing import Dict, Iterator, List, NamedTuple, Optional, Set, Tuple, Union
 
+import numpy as np
+
 from craft_plugin.data.dataset import (header_label, header_range, image_keys, insightface_header, read_property,
                                        sample_problem)
 from craft_plugin.data.recordio import RecordFile, index_problems, unpack
@@ -60,11 +62,16 @@ def plan(records: RecordFile) -> Plan:
 def verify(records: RecordFile, checks: Plan) -> Iterator[Dict]:
     """Yields one dict per record, in index order: ``{"key", "offset", "problem"}`` (``problem``
     None when fine; it does not repeat the key or offset). Records are checked as training reads
-    them; those that are not images (header, identity records) only for their framing."""
-    for key, offset in zip(records.keys.tolist(), records.offsets.tolist()):
+    them; those that are not images (header, identity records) only for their framing. Then, as
+    mxnet's writer lays records end to end, one more dict for each place where the indexed records
+    do not tile the file (bytes no index line points to: a lost ``.idx`` line, an appended record,
+    an offset into the middle of a record)."""
+    ends = np.full(len(records), -1, dtype=np.int64)
+    for position, (key, offset) in enumerate(zip(records.keys.tolist(), records.offsets.tolist())):
         problem = None
         try:
-            header, body = unpack(records.read_at(offset)[0], "the record")
+            record, ends[position] = records.read_at(offset)
+            header, body = unpack(record, "the record")
             if key in checks.images:
                 problem = sample_problem(decode_rgb(body, "the image").shape, header_label(header), checks.prop)
         except RecordError as exc:
@@ -72,6 +79,27 @@ def verify(records: RecordFile, checks: Plan) -> Iterator[Dict]:
         except ValueError as exc:
             problem = str(exc)
         yield {"key": key, "offset": offset, "problem": problem}
+    yield from tiling_problems(records, ends)
+
+
+def tiling_problems(records: RecordFile, ends: np.ndarray) -> Iterator[Dict]:
+    """Where the records, sorted by offset, leave a gap, overlap, or stop short of the end of the
+    file (``ends``: where each record ends, -1 for one that could not be read)."""
+    order = np.argsort(records.offsets, kind="stable")
+    starts, stops = records.offsets[order], ends[order]
+    if len(starts) and starts[0] != 0 and stops[0] >= 0:
+        yield {"key": int(records.keys[order[0]]), "offset": int(starts[0]),
+               "problem": f"the first indexed record starts at byte {int(starts[0])}: bytes 0..{int(starts[0]) - 1} "
+                          f"are in no indexed record"}
+    following = np.append(starts[1:], records.size)
+    for at in np.flatnonzero((stops >= 0) & (stops != following)).tolist():
+        what = ("the end of the file" if at == len(starts) - 1 else
+                f"the next indexed record (byte {int(following[at])})")
+        gap = int(following[at]) - int(stops[at])
+        yield {"key": int(records.keys[order[at]]), "offset": int(starts[at]),
+               "problem": f"the record ends at byte {int(stops[at])} and {what} "
+                          + (f"follows {gap} bytes later: bytes in no indexed record (a lost .idx line or an "
+                             f"appended record)" if gap > 0 else f"starts {-gap} bytes before it: records overlap")}
 
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp"}
