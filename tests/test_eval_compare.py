@@ -54,7 +54,7 @@ def test_bin_intervals_are_the_paired_t_interval_over_the_folds(tmp_path, capsys
     assert "cfp_fp: CRAFT - baseline = +2.30 points" in err and "excludes zero: CRAFT is better" in err
     assert "lfw: CRAFT - baseline" in err and "includes zero" in err
     lines = doc["markdown"].splitlines()
-    assert lines[0] == "| Method | LFW | CFP-FP | AgeDB-30 | CALFW | CPLFW | IJB-B | IJB-C |"
+    assert lines[0] == "| Method | LFW | CFP-FP | AgeDB-30 | CALFW | CPLFW | IJB-B (TAR@FAR=1e-4) | IJB-C (TAR@FAR=1e-4) |"
     assert lines[2].startswith("| baseline | 99.10 | 91.20 | - | - | - | - | - |")
     mean, low, high = hand_interval(FOLDS_A["cfp_fp"], FOLDS_B["cfp_fp"])
     assert f"{100 * mean:+.2f} [{100 * low:+.2f}, {100 * high:+.2f}]" in lines[4]

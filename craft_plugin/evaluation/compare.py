@@ -34,7 +34,7 @@ IJB_FAR = 1e-4
 CONFIDENCE = 0.95
 # the CRAFT paper's table: column -> (kind, name in the documents)
 PAPER_COLUMNS = (("LFW", "lfw"), ("CFP-FP", "cfp_fp"), ("AgeDB-30", "agedb_30"), ("CALFW", "calfw"),
-                 ("CPLFW", "cplfw"), ("IJB-B", "IJBB"), ("IJB-C", "IJBC"))
+                 ("CPLFW", "cplfw"), ("IJB-B (TAR@FAR=1e-4)", "IJBB"), ("IJB-C (TAR@FAR=1e-4)", "IJBC"))
 
 
 class Side:
