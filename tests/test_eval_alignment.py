@@ -109,11 +109,11 @@ def test_coincident_landmarks_are_refused():
 def test_synthetic_crops_align_back_to_their_identity(tmp_path):
     write_synthetic_ijb(tmp_path, identities=2, templates_per_identity=2, media_per_template=1, max_frames=2, seed=3)
     meta = read_ijb(tmp_path, "IJBC")
-    rng = np.random.default_rng(3)
-    patterns = [identity_pattern(rng) for _ in range(2)]
+    patterns = [identity_pattern(3, subject) for subject in range(2)]
     subject_of_template = {1: 0, 2: 0, 3: 1, 4: 1}
     for i, name in enumerate(meta.names):
         aligned = align_face(cv2.imread(str(tmp_path / "loose_crop" / name)), meta.landmarks[i]).astype(float)
-        errors = [np.abs(aligned - p)[8:-8, 8:-8].mean() for p in patterns]
+        # brightness varies by media: compare by correlation, inside the border the warp leaves
+        match = [np.corrcoef(aligned[8:-8, 8:-8].ravel(), p[8:-8, 8:-8].ravel())[0, 1] for p in patterns]
         own = subject_of_template[int(meta.templates[i])]
-        assert errors[own] < 20 and errors[own] < 0.6 * errors[1 - own], (name, errors)
+        assert match[own] > 0.95 and match[own] > match[1 - own] + 0.3, (name, match)

@@ -1,7 +1,8 @@
 """A small synthetic dataset in the IJB release layout, for tests, benchmarks and demos.
 
-Each identity is a smooth random colour pattern drawn in arcface's 112x112 template frame, with dark
-marks on the five template landmarks. An image of an identity is that pattern placed in a loose crop
+Each identity is a smooth random colour pattern (the demo's synthetic identities, so that its
+models see the image family they were trained on) drawn in arcface's 112x112 template frame, with
+dark marks on the five template landmarks. An image of an identity is that pattern placed in a loose crop
 through a known similarity transform (scale, rotation, shift), with a per-media brightness change
 and per-frame pixel noise; its five landmarks are the template points mapped by the same transform
 (plus sub-pixel jitter), in crop coordinates, so aligning the crop recovers the pattern. Templates
@@ -24,14 +25,18 @@ from typing import Dict, List
 import cv2
 import numpy as np
 
+from craft_plugin._replica.synthetic import identity_pattern as smooth_pattern
 from craft_plugin.evaluation.alignment import ALIGNED_SIZE, ARCFACE_TEMPLATE
 from craft_plugin.evaluation.identification import list_files
 
+SUBJECT_OFFSET = 1_000_000   # synthetic IJB subjects are identities >= this of the demo's generator
 
-def identity_pattern(rng: np.random.Generator) -> np.ndarray:
-    """A smooth random RGB uint8 pattern in the aligned 112x112 frame, landmarks marked dark."""
-    coarse = rng.uniform(40, 215, (6, 6, 3)).astype(np.float32)
-    pattern = cv2.resize(coarse, (ALIGNED_SIZE[1], ALIGNED_SIZE[0]), interpolation=cv2.INTER_CUBIC)
+
+def identity_pattern(seed: int, subject: int) -> np.ndarray:
+    """Subject ``subject``'s RGB uint8 pattern in the aligned 112x112 frame: the demo's synthetic
+    identity pattern (the image family its models train on; subjects are counted from
+    ``SUBJECT_OFFSET`` so that they are never training identities), landmarks marked dark."""
+    pattern = smooth_pattern(seed, SUBJECT_OFFSET + subject, ALIGNED_SIZE[0]) * 255.0
     for x, y in ARCFACE_TEMPLATE:
         cv2.circle(pattern, (int(round(x)), int(round(y))), 4, (20.0, 20.0, 20.0), -1)
     return np.clip(pattern, 0, 255).astype(np.uint8)
@@ -56,7 +61,7 @@ def write_synthetic_ijb(root, target: str = "IJBC", identities: int = 6, templat
     (root / "loose_crop").mkdir(parents=True, exist_ok=True)
     (root / "meta").mkdir(parents=True, exist_ok=True)
     t = target.lower()
-    patterns = [identity_pattern(rng) for _ in range(identities)]
+    patterns = [identity_pattern(seed, subject) for subject in range(identities)]
     landmark_lines, template_lines = [], []
     template_subject: Dict[int, int] = {}
     template_images: Dict[int, List[str]] = {}
