@@ -175,3 +175,21 @@ def test_verify_finds_records_no_index_line_points_to(tmp_path, capfd, change, w
 
     report = json.loads(capfd.readouterr().out)
     assert len(report["corrupt"]) == 1 and words in report["corrupt"][0]["problem"]
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png"])
+def test_an_image_header_announcing_a_huge_size_is_refused_before_decoding(monkeypatch, ext):
+    import cv2
+
+    from craft_plugin.data.transforms import announced_size, decode_bgr
+
+    data = bytearray(cv2.imencode(ext, np.full((16, 16, 3), 90, np.uint8))[1].tobytes())
+    assert announced_size(bytes(data)) == (16, 16)
+    if ext == ".png":
+        data[16:24] = struct.pack(">II", 30000, 30000)
+    else:
+        sof = next(i for i in range(2, len(data) - 9) if data[i] == 0xFF and data[i + 1] == 0xC0)
+        data[sof + 5:sof + 9] = struct.pack(">HH", 30000, 30000)
+    monkeypatch.setattr(cv2, "imdecode", lambda *a: pytest.fail("decoded (OpenCV would allocate 2.7 GB)"))
+    with pytest.raises(ValueError, match="record 3: its header announces a 30000x30000 image"):
+        decode_bgr(bytes(data), "record 3")

@@ -11,7 +11,8 @@ float32 wherever it lands, bit-identical to upstream's float32 operations.
 from __future__ import annotations
 
 import functools
-from typing import List
+import struct
+from typing import List, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -35,11 +36,41 @@ def check_jpeg_complete(buf: bytes, where: str) -> None:
                          f"overwritten; libjpeg would decode it with a warning into a damaged image")
 
 
+# A damaged size field must not size an allocation: OpenCV allocates the whole image the header
+# announces (up to 2**30 pixels, 3 GB) before it finds the data missing. No JPEG or PNG holds more
+# than about 350 pixels per byte (a flat JPEG: one DC code per 8x8 block; deflate: 1032:1), so a
+# header announcing more than this many per byte of the file is refused before decoding.
+PIXELS_PER_BYTE = 1024
+PNG_START = b"\x89PNG\r\n\x1a\n"
+JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}   # start-of-frame markers (not DHT, JPG, DAC)
+
+
+def announced_size(buf: bytes) -> Optional[Tuple[int, int]]:
+    """``(height, width)`` from a JPEG's start-of-frame or a PNG's IHDR, without decoding; None
+    when not found (OpenCV then says what it finds)."""
+    if buf[:8] == PNG_START and len(buf) >= 24:
+        width, height = struct.unpack_from(">II", buf, 16)
+        return height, width
+    if buf[:2] != JPEG_START:
+        return None
+    pos = 2
+    while pos + 9 <= len(buf) and buf[pos] == 0xFF:
+        marker = buf[pos + 1]
+        if marker in JPEG_SOF:
+            return struct.unpack_from(">HH", buf, pos + 5)
+        pos += 1 if marker == 0xFF else 2 + struct.unpack_from(">H", buf, pos + 2)[0]
+    return None
+
+
 def decode_bgr(buf: bytes, where: str) -> np.ndarray:
     """Encoded JPEG/PNG bytes -> BGR uint8 HWC; ``where`` names the file/record in the error."""
     if not len(buf):  # OpenCV asserts (cv2.error) on an empty buffer
         raise ValueError(f"{where}: no image bytes (0 bytes)")
     check_jpeg_complete(buf, where)
+    size = announced_size(buf)
+    if size is not None and size[0] * size[1] > PIXELS_PER_BYTE * len(buf):
+        raise ValueError(f"{where}: its header announces a {size[0]}x{size[1]} image, more pixels than "
+                         f"{len(buf)} bytes can encode: a damaged size field")
     try:
         img = cv2.imdecode(np.frombuffer(buf, dtype=np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:  # a header announcing an image too large to allocate, and the like
