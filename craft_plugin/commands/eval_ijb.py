@@ -109,6 +109,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.features and not features.parent.is_dir():
         raise UsageError(f"--features {features}: the folder {features.parent} does not exist; create it first")
     rescore = bool(args.features) and features.exists()
+    if not rescore and not meta.image_dir.is_dir():
+        raise UsageError(f"{meta.image_dir}: missing; the release's face crops live there")
     embedder = load_embedder(args.model, args)
     if tuple(embedder.input_size) != ALIGNED_SIZE:
         raise UsageError(f"{args.model}: takes {embedder.input_size[0]}x{embedder.input_size[1]} inputs; the IJB "

@@ -207,7 +207,8 @@ def _read_pairs(path: Path, known_templates: np.ndarray, template_path: Path):
 
 def read_ijb(root, target: str, progress: bool = False) -> IJBMeta:
     """Read and check the 1:1 protocol of the IJB release at ``root`` for ``target`` (IJBB or IJBC);
-    ``progress`` shows a line counter on stderr while the per-image lists are read."""
+    ``progress`` shows a line counter on stderr while the per-image lists are read. The images
+    (``loose_crop/``) are not looked at: rescoring saved features needs only the meta files."""
     if target not in TARGETS:
         raise UsageError(f"--target {target}: expected one of {', '.join(TARGETS)}")
     root = Path(root)
@@ -217,8 +218,6 @@ def read_ijb(root, target: str, progress: bool = False) -> IJBMeta:
     for path in (landmark_path, template_path, pair_path):
         if not path.is_file():
             raise UsageError(f"{path}: missing; an {target} release has meta/{path.name}")
-    if not (root / "loose_crop").is_dir():
-        raise UsageError(f"{root / 'loose_crop'}: missing; the release's face crops live there")
     names, first_line, landmarks, faceness = _read_landmarks(landmark_path, progress)
     templates, medias = _read_template_media(template_path, landmark_path, first_line, progress)
     p1, p2, labels = _read_pairs(pair_path, np.unique(templates), template_path)
