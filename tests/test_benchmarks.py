@@ -21,6 +21,7 @@ RUNS = {
     "lean_pfc": ["bench/bench_lean_pfc.py", "--quick"],
     "study_craft": ["bench/study_craft.py", "--quick"],
     "eval": ["bench/bench_eval.py", "--quick"],
+    "eval": ["bench/bench_eval.py", "--quick"],
 }
 
 
