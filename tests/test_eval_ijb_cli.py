@@ -222,8 +222,8 @@ def break_release(kind, data, model_args):
     raise AssertionError(kind)
 
 
-@pytest.mark.parametrize("kind", ["missing-images", "missing-meta", "landmark-line", "unreadable-image", "unknown-template",
-                                  "not-an-embedding", "onnx-input", "onnx-input-size",
+@pytest.mark.parametrize("kind", ["missing-images", "missing-meta", "landmark-line", "unreadable-image",
+                                  "unknown-template", "not-an-embedding", "onnx-input", "onnx-input-size",
                                   "features-of-other-data"])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(release, tmp_path, capsys, kind):
     root, _ = release
@@ -253,3 +253,20 @@ def test_a_failed_run_leaves_earlier_results_untouched(release, tmp_path, capsys
     code, _, err = run_cli(argv(data, out, "--no-flip"), capsys)
     assert code == 2 and "7.jpg" in err
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before     # no .partial file left either
+
+
+def test_the_human_table_reads_both_rules_and_an_undefined_tpir():
+    import io
+
+    from craft_plugin.commands.eval_ijb import _report
+
+    keys = [far_key(f) for f in FAR_TARGETS]
+    doc = {"target": "IJBB", "images": 3, "templates": 2, "pairs": 1, "options": {}, "files": {"scores": "/s.npy"},
+           "tar_at_far": dict.fromkeys(keys, 0.5), "tar_at_far_strict": dict.fromkeys(keys, 0.25),
+           "identification": {"tpir_at_fpir": {"1e-02": None, "1e-01": 0.5}, "rank_1": 1.0, "rank_5": 1.0,
+                              "rank_10": 1.0}}
+    stream = io.StringIO()
+    _report(doc, stream, rescored=True)
+    text = stream.getvalue()
+    assert "nearest (upstream)" + "    50.00" * 6 in text and "strict FAR<=target" + "    25.00" * 6 in text
+    assert "TPIR (%) n/a at FPIR 1e-02, 50.00 at FPIR 1e-01; rank-1 100.00" in text and "rescored" in text

@@ -187,8 +187,12 @@ def _report(document: dict, stream, rescored: bool) -> None:
         print(f"{label:<18}" + "".join(f"{100 * document[key][k]:9.2f}" for k in keys), file=stream)
     ident = document.get("identification")
     if ident:
-        tpir = ", ".join(f"{100 * v:.2f} at FPIR {k}" for k, v in sorted(ident["tpir_at_fpir"].items(), key=lambda kv: float(kv[0])))
-        ranks = ", ".join(f"rank-{k.split('_')[1]} {100 * ident[k]:.2f}" for k in ("rank_1", "rank_5", "rank_10"))
+        def percent(value):
+            return "n/a" if value is None else f"{100 * value:.2f}"
+
+        points = sorted(ident["tpir_at_fpir"].items(), key=lambda kv: float(kv[0]))
+        tpir = ", ".join(f"{percent(v)} at FPIR {k}" for k, v in points)
+        ranks = ", ".join(f"rank-{k.split('_')[1]} {percent(ident[k])}" for k in ("rank_1", "rank_5", "rank_10"))
         print(f"1:N (mixed probes, both galleries): TPIR (%) {tpir}; {ranks}", file=stream)
     for name, path in document["files"].items():
         print(f"{name}: {path}", file=stream)
