@@ -73,7 +73,8 @@ def plugin_loss(spec, threshold):
 def value_and_grad(loss, cos, labels, norms=None, weights=None):
     leaf = cos.clone().requires_grad_(True)
     out = loss(leaf * 1.0, labels.clone()) if norms is None else loss(leaf * 1.0, labels.clone(), norms)
-    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(9), dtype=out.dtype) if weights is None else weights
+    if weights is None:
+        weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(9), dtype=out.dtype)
     (out * weights).sum().backward()
     return out.detach(), leaf.grad
 
@@ -210,7 +211,8 @@ def lean_vs_materialised(spec, world_size=1, rank=0, sample_rate=0.5):
         gen = torch.Generator().manual_seed(3)
         weight = torch.randn(CLASSES, DIM, generator=gen, dtype=torch.float64)
         y = torch.randint(0, CLASSES, (BATCH,), generator=gen)
-        x = (torch.nn.functional.normalize(weight[y]) * 2 + torch.randn(BATCH, DIM, generator=gen, dtype=torch.float64)) * 3
+        noise = torch.randn(BATCH, DIM, generator=gen, dtype=torch.float64)
+        x = (torch.nn.functional.normalize(weight[y]) * 2 + noise) * 3
         y[4] = -1
         with torch.no_grad():
             pfc.weight.copy_(weight[pfc.class_start:pfc.class_start + pfc.num_local])

@@ -185,7 +185,12 @@ class MarginLoss(torch.nn.Module):
         own, threshold = self.logit_map(), self.interclass_filtering_threshold
         if threshold <= 0:
             return own
-        return lambda cos: filter_interclass_(cos, threshold) if own is None else own(filter_interclass_(cos, threshold))
+
+        def filtered_then_own(cos: torch.Tensor) -> torch.Tensor:
+            filter_interclass_(cos, threshold)
+            return cos if own is None else own(cos)
+
+        return filtered_then_own
 
     def elementwise_vjp(self, cos: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
         """The gradient reaching the raw cosines ``cos`` through ``elementwise()`` given ``grad``:
@@ -210,8 +215,8 @@ class MarginLoss(torch.nn.Module):
     def prepare_targets(self, target: torch.Tensor) -> None:
         """Called by the chunked Partial FC before any chunk when ``needs_target_cosines``:
         ``target`` (B_global,) holds this rank's positive rows' target cosines, 0 for the rows
-        whose class lives on another rank and for -1 rows. Per-row state that ``elementwise`` and
-        ``elementwise_vjp`` read (CurricularFace's thresholds). Nothing by default."""
+        whose class lives on another rank and for -1 rows. Per-row state that ``logit_map`` and
+        ``logit_map_vjp`` read (CurricularFace's thresholds). Nothing by default."""
 
     def prepare(self, norms: Optional[torch.Tensor]) -> None:
         """Called once per forward before any logit, by both Partial FC paths: per-step state from
