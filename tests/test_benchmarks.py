@@ -46,3 +46,25 @@ def test_benchmark_prints_a_table_and_one_json_line(name):
     assert len(values) >= 5 and all(math.isfinite(v) and v >= 0 for v in values)
     if name == "reader" and LEGACY_PYTHON.exists():
         assert figures["mxnet_raw_per_s"] > 0 and figures["raw_vs_mxnet"] > 0
+
+
+@pytest.mark.bench
+def test_device_check_runs_on_the_cpu(tmp_path):
+    """bench/device_check.py --quick: every section ran or says why not (no CUDA), none failed,
+    and the JSON and the markdown table it writes agree with its last line."""
+    out = subprocess.run([sys.executable, "bench/device_check.py", "--quick", "--out", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    assert figures["bench"] == "device_check"
+    report = figures["figures"]
+    assert json.loads((tmp_path / "device_check.json").read_text()) == report
+    table = (tmp_path / "device_check.md").read_text()
+    assert f"torch {report['environment']['torch']}" in table
+    sections = [name for name in report if isinstance(report[name], dict) and "status" in report[name]]
+    assert len(sections) == 8
+    for name in sections:
+        assert "failed" not in report[name]["status"], (name, report[name]["status"])
+        assert report[name]["status"] in table
+    assert all(row["status"] == "ok" for row in report["sync_audit"]["features"].values())
+    assert all(value is True for key, value in report["gloo_two_processes"]["checks"].items() if key != "tensors_on")
