@@ -148,3 +148,12 @@ def test_a_listed_template_without_images_is_refused():
                         probes=TemplateList("probe.csv", np.array([201, 299]), np.array([1, 2])))
     with pytest.raises(UsageError, match="probe.csv: template 299 has no image"):
         identification.identification_report(template_ids, feats, lists)
+
+
+def test_galleries_must_hold_disjoint_subjects(tmp_path):
+    write_synthetic_ijb(tmp_path, "IJBC", identities=6)
+    meta = tmp_path / "meta"
+    g1_row = (meta / "ijbc_1N_gallery_G1.csv").read_text().splitlines()[1].split(",")
+    _rewrite(meta / "ijbc_1N_gallery_G2.csv", lambda lines: lines + [f"999,{g1_row[1]},z.jpg"])
+    with pytest.raises(UsageError, match=rf"ijbc_1N_gallery_G2.csv: subject {g1_row[1]} is also in ijbc_1N_gallery_G1.csv"):
+        read_1n_lists(tmp_path, "IJBC")
