@@ -127,7 +127,7 @@ def pfc_step(kind, name, threshold, sample_rate, world_size=1, rank=0, dtype=tor
     return loss.detach(), x.grad, pfc.weight.grad
 
 
-def steps_on_every_path(world_size_check=None):
+def steps_on_every_path():
     rank, world_size = rank_and_world_size()
     out = {}
     for name in sorted(UPSTREAM_FORMS):
@@ -154,14 +154,6 @@ def assert_paths_equal_upstream(results):
 
 def test_one_rank_both_partial_fc_paths_equal_upstream():
     assert_paths_equal_upstream(steps_on_every_path())
-
-
-def test_two_gloo_ranks_both_partial_fc_paths_equal_upstream():
-    ranks = run_distributed(steps_on_every_path, 2)
-    for results in ranks:
-        assert_paths_equal_upstream(results)
-    for key in ranks[0]:
-        assert torch.equal(ranks[0][key]["lean"][0], ranks[1][key]["lean"][0])  # one loss on every rank
 
 
 SPHEREFACE_VARIANTS = [{"name": "sphereface-r", "magnitude": m, "norm": n, "detach": d}
@@ -233,17 +225,21 @@ def test_every_chunked_loss_equals_its_materialised_step_with_the_filter(spec):
             assert float((got - want).abs().max() / want.abs().max()) <= 1e-10
 
 
-def two_rank_every_loss():
+def on_two_ranks():
     rank, world_size = rank_and_world_size()
-    return [lean_vs_materialised(spec, world_size, rank) for spec in CHUNKED_SPECS]
+    return steps_on_every_path(), [lean_vs_materialised(spec, world_size, rank) for spec in CHUNKED_SPECS]
 
 
-def test_two_gloo_ranks_every_chunked_loss_equals_its_materialised_step():
-    for results in run_distributed(two_rank_every_loss, 2):
-        for (*leans, plain), spec in zip(results, CHUNKED_SPECS):
+def test_two_gloo_ranks_equal_upstream_and_every_chunked_loss_its_materialised_step():
+    ranks = run_distributed(on_two_ranks, 2)  # one launch for both checks: spawning ranks is the slow part
+    for upstream_paths, every_loss in ranks:
+        assert_paths_equal_upstream(upstream_paths)
+        for (*leans, plain), spec in zip(every_loss, CHUNKED_SPECS):
             for lean in leans:
                 for got, want in zip(lean, plain):
                     assert float((got - want).abs().max() / want.abs().max()) <= 1e-10, spec
+    for key in ranks[0][0]:
+        assert torch.equal(ranks[0][0][key]["lean"][0], ranks[1][0][key]["lean"][0])  # one loss on every rank
 
 
 def test_the_config_key_reaches_the_loss_and_is_checked():
