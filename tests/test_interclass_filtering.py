@@ -252,3 +252,22 @@ def test_the_config_key_reaches_the_loss_and_is_checked():
     for bad in (-0.1, "0.4", True, math.nan, None):
         with pytest.raises(ConfigError, match="config.interclass_filtering_threshold"):
             craft_plugin.plugin.config(EasyDict(margin_loss="arcface", interclass_filtering_threshold=bad))
+
+
+def test_a_filtering_job_config_trains_the_same_with_the_plugin_s_loss(tmp_path):
+    """Upstream's WebFace12M recipe (CosFace margin_list, sample_rate < 1, a filter threshold) trained
+    by the replica: with preset "cosface" it is the same run, bit for bit; without the filter it is
+    not (so the comparison can fail)."""
+    from craft_plugin._replica.config import get_config
+    from craft_plugin._replica.train import train
+
+    def run(name, plugins, **keys):
+        cfg = get_config(str(tmp_path / name), num_epoch=1, rec="synthetic:16x4", num_classes=16, num_image=64,
+                         batch_size=8, margin_list=(1.0, 0.0, 0.4), sample_rate=0.5, **keys)
+        return train(cfg, plugins=plugins).losses
+
+    upstream = run("upstream", [], interclass_filtering_threshold=0.1)
+    plugin = run("plugin", [craft_plugin.plugin], interclass_filtering_threshold=0.1, preset="cosface")
+    unfiltered = run("unfiltered", [craft_plugin.plugin], preset="cosface")
+    assert len(upstream) == 8 and plugin == upstream
+    assert not torch.allclose(torch.tensor(unfiltered), torch.tensor(upstream), rtol=1e-3, atol=0)
