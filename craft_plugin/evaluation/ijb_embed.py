@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+import cv2
 import numpy as np
 import torch
 from numpy.lib.format import open_memmap
@@ -43,11 +44,14 @@ def load_aligned(path: Path, landmarks: np.ndarray) -> np.ndarray:
         buf = path.read_bytes()
     except OSError as exc:
         raise ValueError(f"{path}: cannot be read ({exc.strerror or exc})") from None
-    image = decode_bgr(buf, str(path))
+    try:
+        image = decode_bgr(buf, str(path))
+    except cv2.error as exc:   # OpenCV's own assertion on a buffer it cannot take
+        raise ValueError(f"{path}: {len(buf)} bytes that OpenCV cannot decode ({str(exc).strip().splitlines()[-1]})") from None
     try:
         return align_face(image, landmarks)
-    except ValueError as exc:
-        raise ValueError(f"{path}: {exc}") from None
+    except (ValueError, cv2.error) as exc:
+        raise ValueError(f"{path}: {str(exc).strip().splitlines()[-1]}") from None
 
 
 class AlignedFaces(Dataset):
