@@ -47,7 +47,8 @@ def load_aligned(path: Path, landmarks: np.ndarray) -> np.ndarray:
     try:
         image = decode_bgr(buf, str(path))
     except cv2.error as exc:   # OpenCV's own assertion on a buffer it cannot take
-        raise ValueError(f"{path}: {len(buf)} bytes that OpenCV cannot decode ({str(exc).strip().splitlines()[-1]})") from None
+        reason = str(exc).strip().splitlines()[-1]
+        raise ValueError(f"{path}: {len(buf)} bytes that OpenCV cannot decode ({reason})") from None
     try:
         return align_face(image, landmarks)
     except (ValueError, cv2.error) as exc:
