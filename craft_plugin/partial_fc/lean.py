@@ -84,15 +84,18 @@ class _Recomputed:
         self.fp16 = fp16
 
     def forward(self, xn: torch.Tensor, part: _Chunk) -> torch.Tensor:
-        """The chunk's raw cosines (B, k), a fresh tensor the caller may write into."""
-        with autocast(xn.device.type, self.fp16):
-            return at_least_float32(linear(xn, part.wn))
+        """The chunk's cosines (B, k) clamped to [-1, 1], a fresh tensor the caller may write into."""
+        return self._raw(xn, part).clamp_(-1, 1)
 
     def backward(self, xn: torch.Tensor, part: _Chunk) -> tuple:
-        """The same cosines clamped to [-1, 1] (fresh) and the clamp's gradient mask (bool)."""
-        raw = self.forward(xn, part)
+        """The same clamped cosines (fresh) and the clamp's gradient mask (bool)."""
+        raw = self._raw(xn, part)
         inside = (raw >= -1) & (raw <= 1)  # bool: a quarter buffer each
         return raw.clamp_(-1, 1), inside
+
+    def _raw(self, xn: torch.Tensor, part: _Chunk) -> torch.Tensor:
+        with autocast(xn.device.type, self.fp16):
+            return at_least_float32(linear(xn, part.wn))
 
 
 class _Kept(_Recomputed):
@@ -109,12 +112,20 @@ class _Kept(_Recomputed):
         self.batch, self.classes, self.flat = batch, classes, None
 
     def forward(self, xn: torch.Tensor, part: _Chunk) -> torch.Tensor:
-        with autocast(xn.device.type, self.fp16):
+        if not self.fp16:  # the GEMM writes straight into the block (linear's own mm)
+            self._allocate(xn.dtype, xn.device)
+            block = self._block(part)
+            torch.mm(xn, part.wn.t(), out=block)
+            return block.clamp(-1, 1)
+        with autocast(xn.device.type, True):
             out = linear(xn, part.wn)
-        if self.flat is None:  # one allocation, each chunk a contiguous (B, k) block of it
-            self.flat = torch.empty(self.batch * self.classes, dtype=out.dtype, device=out.device)
+        self._allocate(out.dtype, out.device)
         self._block(part).copy_(out)
-        return at_least_float32(out)
+        return at_least_float32(out).clamp_(-1, 1)
+
+    def _allocate(self, dtype: torch.dtype, device: torch.device) -> None:
+        if self.flat is None:  # one allocation, each chunk a contiguous (B, k) block of it
+            self.flat = torch.empty(self.batch * self.classes, dtype=dtype, device=device)
 
     def backward(self, xn: torch.Tensor, part: _Chunk) -> tuple:
         raw = self._block(part)
@@ -162,7 +173,7 @@ class _ChunkedMarginCE(torch.autograd.Function):
         target = torch.zeros(rows.size(0), dtype=dtype, device=xn.device)
         for start in range(0, classes, chunk):
             part = _Chunk(weight, norm, start, min(start + chunk, classes), cols)
-            z = cosines.forward(xn, part).clamp_(-1, 1)
+            z = cosines.forward(xn, part)
             target = torch.where(part.hit, z[rows, part.local], target)
             if each is not None:
                 each(z)
