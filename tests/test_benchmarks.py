@@ -18,6 +18,7 @@ RUNS = {
     "craft": ["bench/bench_craft.py", "--quick"],
     "reader": ["bench/bench_reader.py", "--records", "300", "--legacy-python", str(LEGACY_PYTHON)],
     "reshard": ["bench/bench_reshard.py", "--quick"],
+    "rec_pack": ["bench/bench_rec_pack.py", "--quick"],
     "lean_pfc": ["bench/bench_lean_pfc.py", "--quick"],
     "study_craft": ["bench/study_craft.py", "--quick"],
     "eval": ["bench/bench_eval.py", "--quick"],

@@ -31,9 +31,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         v.add_argument("--json", action="store_true", help="print only one JSON document on stdout")
         if name == "verify":
             v.add_argument("--image-size", type=int, default=IMAGE_SIZE,
-                           help="the size load_bin fits every image to (config.image_size), by its rule: an image "
-                                "whose width differs is resized, short side to this size; what does not come out "
-                                "square at this size is a problem")
+                           help="the size load_bin fits every image to (arcface_torch's verification callback "
+                                "uses 112), by its rule: an image whose width differs is resized, short side to "
+                                "this size; what does not come out square at this size is a problem")
         v.set_defaults(run=runner)
     v = verbs.add_parser("pack", help="write a .bin from a pairs file", description=PACK_DESCRIPTION)
     v.add_argument("pairs", help="text file: one 'image_a image_b same(0/1)' line per pair")
