@@ -94,7 +94,6 @@ def read_index(idx_path: Union[str, Path]) -> Dict[int, int]:
     if not idx_path.exists():
         raise RecordError(str(idx_path), 0, "index file missing (expected key<TAB>offset lines)")
     index: Dict[int, int] = {}
-    line_at: Dict[int, int] = {}
     with open(idx_path, "rb") as handle:
         pos = 0
         for line in handle:
@@ -109,10 +108,22 @@ def read_index(idx_path: Union[str, Path]) -> Dict[int, int]:
                 key = int(fields[0])
                 if key in index:
                     raise RecordError(str(idx_path), pos, f"key {key} is listed twice (first in the line at "
-                                                          f"byte offset {line_at[key]})")
-                index[key], line_at[key] = int(fields[1]), pos
+                                                          f"byte offset {first_line_of(idx_path, key)})")
+                index[key] = int(fields[1])
             pos += len(line)
     return index
+
+
+def first_line_of(idx_path: Path, key: int) -> int:
+    """The byte offset of the first ``.idx`` line of ``key`` (for the error about a second one)."""
+    with open(idx_path, "rb") as handle:
+        pos = 0
+        for line in handle:
+            fields = line.split()
+            if fields and fields[0].lstrip(b"-").isdigit() and int(fields[0]) == key:
+                return pos
+            pos += len(line)
+    return -1
 
 
 class RecordFile:
