@@ -86,3 +86,14 @@ def test_a_text_file_is_one_clear_line(tmp_path, capfd):
     assert main(["inspect", str(path)]) == 2
     line = one_line(capfd.readouterr().err, str(path), "not a torch file", "b'hell'")
     assert "KeyError" not in line
+
+
+@pytest.mark.parametrize("extra", [{"craft_plugin": [1]}, {"craft_plugin": {"reactivation": {"history": "x"}}},
+                                   {"craft_plugin": {"reactivation": {"history": [{"step": 3, "revived": "1"}]}}},
+                                   {"global_step": "5"}])
+def test_a_checkpoint_with_a_foreign_plugin_entry_is_one_line(tmp_path, capfd, extra):
+    net = torch.nn.Conv2d(3, 8, 3)
+    path = tmp_path / "checkpoint_gpu_0.pt"
+    torch.save({"state_dict_backbone": net.state_dict(), "global_step": 5, **extra}, path)
+    assert main(["inspect", str(path), "--png", str(tmp_path / "x.png")]) == 2
+    one_line(capfd.readouterr().err, str(path), "checkpoint key")

@@ -84,14 +84,35 @@ def read_tensors(path: Path) -> Tuple[list, dict]:
                          f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
     training = dict(NO_TRAINING)
     if isinstance(state, dict) and "state_dict_backbone" in state:
-        from craft_plugin.plugin import CHECKPOINT_KEY
-
-        training = {"step": state.get("global_step"),
-                    "history": state.get(CHECKPOINT_KEY, {}).get("reactivation", {}).get("history")}
+        training = recorded_training(state, path)
         state = state["state_dict_backbone"]
     if not isinstance(state, dict):
         raise UsageError(f"MODEL {path}: expected a state_dict or an arcface_torch checkpoint, got {type(state).__name__}")
     return [(k, v) for k, v in state.items() if torch.is_tensor(v)], training
+
+
+def recorded_training(checkpoint: dict, path: Path) -> dict:
+    """``{"step", "history"}`` of an arcface_torch checkpoint, each checked to be what the plugin
+    writes (an integer step; CRAFT's history a list of ``{"step": int, "revived": [int, ...]}``),
+    so that a damaged or foreign entry is one error naming the file and the key."""
+    from craft_plugin.plugin import CHECKPOINT_KEY
+
+    step = checkpoint.get("global_step")
+    craft = checkpoint.get(CHECKPOINT_KEY, {})
+    reactivation = craft.get("reactivation", {}) if isinstance(craft, dict) else None
+    history = reactivation.get("history") if isinstance(reactivation, dict) else None
+
+    def whole(value):
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not (step is None or whole(step)):
+        raise UsageError(f"MODEL {path}: checkpoint key 'global_step' is {step!r}, not a step number")
+    if not isinstance(reactivation, dict) or not (history is None or (isinstance(history, list) and all(
+            isinstance(r, dict) and whole(r.get("step")) and isinstance(r.get("revived"), list)
+            and all(whole(i) for i in r["revived"]) for r in history))):
+        raise UsageError(f"MODEL {path}: checkpoint key {CHECKPOINT_KEY!r} does not hold the plugin's state "
+                         f"(reactivation history: a list of {{'step': int, 'revived': [int, ...]}})")
+    return {"step": step, "history": history}
 
 
 def first_conv_weight(path: Path) -> Tuple[str, Any, dict]:
