@@ -97,6 +97,10 @@ def write_docs(args: argparse.Namespace, docs: Path, summary: dict, started: str
 
 
 def run(args: argparse.Namespace) -> int:
+    # OpenMP threads that spin while they wait cost far more than their work when other jobs share
+    # the cores (2 cores at load 9-14: about 5 s per step spinning, 0.5 s passive); read when torch loads
+    # its OpenMP, so it acts when torch is not imported yet (the CLI); it changes no result
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     from craft_plugin.commands import demo_report
