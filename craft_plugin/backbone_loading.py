@@ -100,7 +100,7 @@ def load_backbone_state(path: Path) -> dict:
     """The backbone state_dict of a model.pt, a folder with one, or an arcface_torch checkpoint."""
     import torch
 
-    from craft_plugin.checkpoints import UntrustedFileError, load_weights
+    from craft_plugin.checkpoints import UnreadableTorchFile, UntrustedFileError, load_weights
 
     if path.is_dir():
         path = path / "model.pt"
@@ -108,9 +108,9 @@ def load_backbone_state(path: Path) -> dict:
         raise ModelError(f"{path}: no such file")
     try:
         state = load_weights(path)
-    except UntrustedFileError as exc:
+    except (UntrustedFileError, UnreadableTorchFile) as exc:   # their messages name the file
         raise ModelError(str(exc)) from exc
-    except Exception as exc:  # a truncated or foreign file: name it, keep the reason
+    except Exception as exc:  # any other failure of torch.load: name the file, keep the reason
         raise ModelError(f"{path}: not a readable torch file with weights only ({exc})") from exc
     if isinstance(state, dict) and "state_dict_backbone" in state:
         state = state["state_dict_backbone"]

@@ -118,7 +118,7 @@ def load_weights(path, mmap: bool = False) -> object:
     with open(path, "rb") as handle:
         start = handle.read(len(ZIP_MAGIC))
     if not (start.startswith(ZIP_MAGIC) or start.startswith(LEGACY_MAGIC)):
-        raise UnreadableTorchFile(f"{path}: not a torch file: it starts with {start!r}, neither a zip archive "
+        raise UnreadableTorchFile(f"{path}: not a readable torch file: it starts with {start!r}, neither a zip archive "
                                   f"(torch.save) nor a legacy torch pickle")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True, **options)
@@ -130,12 +130,12 @@ def load_weights(path, mmap: bool = False) -> object:
                 f"admit (tensors, numbers, strings and plain containers only): the file holds other objects, or "
                 f"its pickle is damaged") from exc
         reason = re.search(r"WeightsUnpickler error: ([^\n]+)", str(exc))
-        raise UnreadableTorchFile(f"{path}: damaged torch file: its pickle cannot be read "
+        raise UnreadableTorchFile(f"{path}: not a readable torch file: its pickle is damaged "
                                   f"({reason.group(1) if reason else type(exc).__name__})") from exc
     except (RuntimeError, EOFError, UnicodeDecodeError, KeyError, ValueError, IndexError, TypeError,
             OverflowError, AttributeError, struct_error) as exc:  # torch's reader raises these on damage
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "the file ends early"
-        raise UnreadableTorchFile(f"{path}: damaged torch file ({type(exc).__name__}: {first})") from exc
+        raise UnreadableTorchFile(f"{path}: not a readable torch file: damaged ({type(exc).__name__}: {first})") from exc
 
 
 def load_checkpoint(path: Path, mmap: bool = False) -> dict:

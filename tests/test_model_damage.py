@@ -68,8 +68,8 @@ def torch_file_with_damaged_pickle(path, change):
 
 @pytest.mark.parametrize("change, error, words", [
     (lambda d: d[: len(d) // 2], UntrustedFileError, "or its pickle is damaged"),   # a global's name cut short
-    (lambda d: d[:10] + b"\xee" + d[11:], UnreadableTorchFile, "damaged torch file"),
-    (lambda d: b"", UnreadableTorchFile, "damaged torch file"),
+    (lambda d: d[:10] + b"\xee" + d[11:], UnreadableTorchFile, "not a readable torch file: damaged"),
+    (lambda d: b"", UnreadableTorchFile, "not a readable torch file: damaged"),
 ])
 def test_a_damaged_data_pkl_is_not_said_to_execute_anything(tmp_path, capfd, change, error, words):
     path = torch_file_with_damaged_pickle(tmp_path / "model.pt", change)
@@ -84,7 +84,7 @@ def test_a_text_file_is_one_clear_line(tmp_path, capfd):
     path = tmp_path / "model.pt"
     path.write_text("hello world\n")
     assert main(["inspect", str(path)]) == 2
-    line = one_line(capfd.readouterr().err, str(path), "not a torch file", "b'hell'")
+    line = one_line(capfd.readouterr().err, str(path), "not a readable torch file", "b'hell'")
     assert "KeyError" not in line
 
 
