@@ -37,13 +37,20 @@ class UsageError(ValueError):
     """A bad argument or input file; the message names it and says what is allowed."""
 
 
+def shows_default(action: argparse.Action) -> bool:
+    """An option taking a value whose default is set (0 included); a flag (``store_true``,
+    ``store_false``: no value) shows none, its absence is the default."""
+    return bool(action.option_strings) and action.nargs != 0 and action.default is not None \
+        and action.default is not argparse.SUPPRESS
+
+
 class HelpFormatter(argparse.HelpFormatter):
     """``--help`` that shows each option's default, taken from the option itself, unless its help
     already says it (an option without a default, or a flag, shows none)."""
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+        if shows_default(action) and "default" not in text:
             text += " (default %(default)s)"
         return text
 

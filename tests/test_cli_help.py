@@ -66,7 +66,8 @@ def test_every_argument_has_help_and_shows_its_default(name):
         assert action.help and action.help is not argparse.SUPPRESS and action.help.strip(), \
             f"craft-plugin {name}: {label} has no help"
         shown = formatter._expand_help(action)
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS):
+        takes_value = action.option_strings and action.nargs != 0   # a flag's absence is its default
+        if takes_value and action.default is not None and action.default is not argparse.SUPPRESS:
             assert "default" in shown and str(action.default) in shown, \
                 f"craft-plugin {name}: {label} does not show its default {action.default!r}: {shown!r}"
     for choice in (a for a in parser._actions if isinstance(a, argparse._SubParsersAction)):
@@ -81,6 +82,9 @@ def test_defaults_are_shown_from_the_option_and_flags_show_none(capsys):
     defaults = {a.dest: a.default for a in parser._actions}
     assert f"(default {defaults['identities']})" in text and f"(default {defaults['seed']})" in text
     assert "(default False)" not in text and "(default None)" not in text
+    ijb = " ".join(help_text(("eval", "ijb"), capsys).split())
+    assert "mirror image's (default" not in ijb and "(default True)" not in ijb   # --no-flip: a flag
+    assert "bootstrap (default 0)" in " ".join(help_text(("eval", "compare"), capsys).split())  # a default of 0
 
 
 def test_a_help_without_its_default_is_caught():
