@@ -60,3 +60,5 @@ def test_revivals_are_read_from_the_check_history_with_their_steps():
     assert revival_label([50]) == "@50" and revival_label([50, 100]) == "2x@100"
     panel = Panel(torch.zeros(64, 3, 3, 3), "craft", [1, 2], revivals(history))
     assert caption(panel, 64) == "2 of 64 filters inactive; 3 revivals of 2 filters during training"
+    one = Panel(torch.zeros(64, 3, 3, 3), "craft", [], revivals([{"step": 50, "revived": [3]}]))
+    assert caption(one, 64) == "0 of 64 filters inactive; 1 revival of 1 filter during training"

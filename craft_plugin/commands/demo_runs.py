@@ -21,6 +21,7 @@ from craft_plugin.data.writer import write_bin, write_rec
 from craft_plugin.reactivation.detection import Criterion, summarize
 from craft_plugin.reactivation.grid import Panel, compare_grids, revivals, save_png
 from craft_plugin.reactivation.layer import find_first_layer
+from craft_plugin.reactivation.options import ReactivationOptions
 
 IMAGE_SIZE = 32
 BATCH_SIZE = 32
@@ -121,8 +122,11 @@ def run_one(name: str, args: argparse.Namespace, data: Path, out: Path, reactiva
               "model": str(out / name / "model.pt"),
               "tensorboard": str(tensorboard) if tensorboard.is_dir() else None}
     weight = backbone.conv1.weight.detach()
-    what = (f"CRAFT checks every {reactivation['every']} steps from step {reactivation['start']}"
-            if reactivation else "CRAFT off")
+    what = "CRAFT off"
+    if reactivation:
+        options = ReactivationOptions(**reactivation)
+        what = (f"CRAFT checks every {options.every} steps from step {options.start}"
+                + (" and at each epoch end" if options.at_epoch_end else ""))
     panel = Panel(weight, f"{name} run: {what}\nconv1 ({'x'.join(map(str, weight.shape))}) at step "
                           f"{result.global_step}, the end of training",
                   summarize(weight, Criterion())["inactive"], revivals(history))

@@ -74,7 +74,8 @@ def caption(panel: Panel, count: int) -> str:
     revivals = sum(len(s) for s in panel.revived.values())
     words = f"{len(set(panel.inactive))} of {count} filters inactive"
     if revivals:
-        words += f"; {revivals} revivals of {len(panel.revived)} filters during training"
+        words += (f"; {revivals} revival{'s' * (revivals != 1)} of {len(panel.revived)} "
+                  f"filter{'s' * (len(panel.revived) != 1)} during training")
     return words
 
 
