@@ -1,6 +1,7 @@
-"""Shared by the eval model / bin / compare tests: a tiny deterministic backbone behind a
-``get_model``-like factory (``--module eval_model_helpers:tiny``), a ``.bin`` written by the test,
-and a CLI runner."""
+"""Shared by the eval tests (models, bin, ijb, compare): a tiny deterministic backbone and a
+feature-map network that eval must refuse, behind one ``get_model``-like factory
+(``--module eval_model_helpers:tiny --network tiny|featuremap``, a few milliseconds per batch on a
+CPU core), a ``.bin`` written by the test, and a CLI runner."""
 from __future__ import annotations
 
 import json
@@ -31,20 +32,20 @@ class Tiny(torch.nn.Module):
         return self.bn(self.fc(torch.flatten(self.pool(x), 1)))
 
 
-def tiny(name, dropout=0.0, fp16=False, num_features=EMBEDDING_SIZE):
-    assert name == "tiny" and dropout == 0.0 and fp16 is False
-    return Tiny(num_features)
-
-
 class FeatureMap(Tiny):
     """Tiny's weights, but the output is the pooled feature map (N, 3, 4, 4), not an embedding."""
+
+    def __init__(self, num_features: int = EMBEDDING_SIZE):
+        super().__init__(num_features)
 
     def forward(self, x):
         return self.pool(x)
 
 
-def not_an_embedding(name, dropout=0.0, fp16=False, num_features=EMBEDDING_SIZE):
-    return FeatureMap(num_features)
+def tiny(name, dropout=0.0, fp16=False, num_features=EMBEDDING_SIZE):
+    """``tiny``: :class:`Tiny`; ``featuremap``: :class:`FeatureMap` (a model eval must refuse)."""
+    assert name in ("tiny", "featuremap") and dropout == 0.0 and fp16 is False
+    return (Tiny if name == "tiny" else FeatureMap)(num_features)
 
 
 def trained_tiny(seed: int = 0, num_features: int = EMBEDDING_SIZE) -> Tiny:
@@ -53,6 +54,13 @@ def trained_tiny(seed: int = 0, num_features: int = EMBEDDING_SIZE) -> Tiny:
     net.bn.running_mean.uniform_(-0.5, 0.5)
     net.bn.running_var.uniform_(0.5, 2.0)
     return net.eval()
+
+
+def save_trained_tiny(path: Path, seed: int = 0) -> Tiny:
+    """:func:`trained_tiny` saved at ``path`` as a model.pt (its state_dict)."""
+    net = trained_tiny(seed)
+    torch.save(net.state_dict(), path)
+    return net
 
 
 def torch_embeddings(net: torch.nn.Module, rgb: np.ndarray) -> np.ndarray:

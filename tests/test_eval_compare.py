@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from eval_model_helpers import MODULE, face_images, run_cli, run_json, trained_tiny, write_bin
+from eval_model_helpers import MODULE, face_images, run_cli, run_json, save_trained_tiny, trained_tiny, write_bin
 from craft_plugin.evaluation import roc
 from craft_plugin.evaluation.ijb_scoring import verification_report
 
@@ -168,14 +168,13 @@ def test_eval_bin_documents_compare_end_to_end(tmp_path, capsys):
 def test_eval_ijb_documents_compare_end_to_end(tmp_path, capsys):
     """The documents and files `eval ijb --out` writes are what compare reads (a small synthetic set)."""
     from craft_plugin.evaluation.synthetic import write_synthetic_ijb
-    from eval_ijb_helpers import MODULE_ARGS, save_tiny_model
 
     write_synthetic_ijb(tmp_path / "IJBB", "IJBB", one_to_n=False)
     results = []
     for seed in (0, 1):
-        save_tiny_model(tmp_path / f"m{seed}.pt", seed=seed)
+        save_trained_tiny(tmp_path / f"m{seed}.pt", seed=seed)
         run_json(["eval", "ijb", tmp_path / f"m{seed}.pt", "--ijb", tmp_path / "IJBB", "--target", "IJBB",
-                  *MODULE_ARGS, "--workers", "0", "--device", "cpu", "--out", tmp_path / f"out{seed}"], capsys)
+                  *MODULE, "--workers", "0", "--device", "cpu", "--out", tmp_path / f"out{seed}"], capsys)
         results.append(tmp_path / f"out{seed}" / "ijbb_results.json")
     doc = run_json(["eval", "compare", *results, "--resamples", "10"], capsys)
     got = doc["sets"]["IJBB"]

@@ -16,7 +16,7 @@ import torch
 from craft_plugin.cli import main
 from craft_plugin.evaluation.roc import FAR_TARGETS, far_key
 from craft_plugin.evaluation.synthetic import write_synthetic_ijb
-from eval_ijb_helpers import EMBEDDING_SIZE, MODULE_ARGS, FeatureMap, save_tiny_model
+from eval_model_helpers import EMBEDDING_SIZE, MODULE, FeatureMap, save_trained_tiny
 
 COUNTS = dict(identities=4, templates_per_identity=3, media_per_template=2, max_frames=2)
 
@@ -25,12 +25,12 @@ COUNTS = dict(identities=4, templates_per_identity=3, media_per_template=2, max_
 def release(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval_ijb")
     counts = write_synthetic_ijb(root / "IJBC", seed=1, **COUNTS)
-    save_tiny_model(root / "model.pt")
+    save_trained_tiny(root / "model.pt")
     return root, counts
 
 
 def argv(root, out, *extra):
-    return ["eval", "ijb", str(root / "model.pt"), "--ijb", str(root / "IJBC"), "--target", "IJBC", *MODULE_ARGS,
+    return ["eval", "ijb", str(root / "model.pt"), "--ijb", str(root / "IJBC"), "--target", "IJBC", *MODULE,
             "--device", "cpu", "--batch-size", "8", "--workers", "0", "--out", str(out), "--json", *extra]
 
 
@@ -169,7 +169,7 @@ def test_an_onnx_export_gives_the_torch_models_features(release, tmp_path, capsy
     from craft_plugin.commands.export import OPSET, export_onnx
 
     root, _ = release
-    export_onnx(save_tiny_model(tmp_path / "model.pt"), tmp_path / "model.onnx", OPSET)
+    export_onnx(save_trained_tiny(tmp_path / "model.pt"), tmp_path / "model.onnx", OPSET)
     args = argv(root, tmp_path / "onnx")
     use_onnx(args, tmp_path / "model.onnx")
     code, out, err = run_cli(args, capsys)

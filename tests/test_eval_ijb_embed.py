@@ -15,17 +15,17 @@ from craft_plugin.evaluation.ijb_embed import embed_ijb, features_record, open_f
 from craft_plugin.evaluation.ijb_meta import read_ijb
 from craft_plugin.evaluation.models import add_model_arguments, load_embedder
 from craft_plugin.evaluation.synthetic import write_synthetic_ijb
-from eval_ijb_helpers import EMBEDDING_SIZE, MODULE_ARGS, save_tiny_model
+from eval_model_helpers import EMBEDDING_SIZE, MODULE, save_trained_tiny
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("ijb")
     write_synthetic_ijb(root / "IJBC", identities=3, templates_per_identity=2, media_per_template=2, max_frames=2)
-    net = save_tiny_model(root / "model.pt")
+    net = save_trained_tiny(root / "model.pt")
     parser = Parser()
     add_model_arguments(parser)
-    args = parser.parse_args([*MODULE_ARGS, "--device", "cpu", "--batch-size", "4"])
+    args = parser.parse_args([*MODULE, "--device", "cpu", "--batch-size", "4"])
     return read_ijb(root / "IJBC", "IJBC"), net, load_embedder(str(root / "model.pt"), args)
 
 

@@ -113,8 +113,8 @@ def refused(argv, capsys, *needles):
 def test_bad_models_are_one_line(trained, tiny_bin, tmp_path, capsys):
     root, _ = trained
     data = ["--data", tiny_bin, "--targets", "lfw", "--json"]
-    refused(["eval", "bin", root / "model.pt", *data, "--module", "eval_model_helpers:not_an_embedding",
-             "--network", "tiny", "--embedding-size", "16"], capsys, "not an embedding model", "(2, 3, 4, 4)")
+    refused(["eval", "bin", root / "model.pt", *data, "--module", "eval_model_helpers:tiny",
+             "--network", "featuremap", "--embedding-size", "16"], capsys, "not an embedding model", "(2, 3, 4, 4)")
     flat = tmp_path / "flat.onnx"
     graph = helper.make_graph([helper.make_node("Identity", ["data"], ["embedding"])], "g",
                               [helper.make_tensor_value_info("data", TensorProto.FLOAT, ["N", 512])],
