@@ -23,7 +23,7 @@ float64 result, at two pair counts, to show it does not grow with P.
 
 usage: python bench/bench_eval.py [--quick] [--upstream ARCFACE_TORCH_DIR] [--upstream-python PATH]
                                   [--images N] [--embed-images N] [--crop PX] [--pairs P]
-                                  [--batch-size B] [--upstream-pairs N]
+                                  [--batch-size B] [--upstream-pairs N] [--stages images,scoring]
 """
 from __future__ import annotations
 
@@ -276,6 +276,8 @@ def main() -> None:
     parser.add_argument("--crop", type=int, default=250, help="loose crop size in pixels")
     parser.add_argument("--pairs", type=int, help=f"pairs to score (default: {IJBC_PAIRS}, quick 200000)")
     parser.add_argument("--batch-size", type=int, default=128, help="images per forward")
+    parser.add_argument("--stages", default="images,scoring",
+                        help="which parts run: images (a), scoring (b), or both")
     parser.add_argument("--upstream-pairs", type=int,
                         help="time upstream's loop on the first N pairs only and scale its time to all pairs "
                              "(its loop is linear in the pair count; default: all pairs)")
@@ -287,7 +289,18 @@ def main() -> None:
     chunk = min(ijb_scoring.PAIR_CHUNK, 1 << 15) if args.quick else ijb_scoring.PAIR_CHUNK
     memory_counts = [n_pairs // 4, n_pairs]
     load = os.getloadavg()[0]
+    stages = set(args.stages.split(","))
+    if not stages or stages - {"images", "scoring"}:
+        parser.error(f"--stages {args.stages}: allowed are images, scoring, or images,scoring")
+    figures = {"bench": "eval", "quick": args.quick, "upstream": bool(args.upstream), "load": load}
+    if "images" in stages:
+        figures.update(images_stage(args, n_images, n_embed, load))
+    if "scoring" in stages:
+        figures["scoring"] = scoring_stage(args, n_pairs, chunk, memory_counts)
+    print(json.dumps(figures))
 
+
+def images_stage(args, n_images: int, n_embed: int, load: float) -> dict:
     from craft_plugin.evaluation.synthetic import write_synthetic_ijb
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -302,10 +315,7 @@ def main() -> None:
         n_embed = min(n_embed, n_images)
         release = first_images(release, work / "align_release", n_images)
         speed = images_per_second(release, n_images, n_embed, args.upstream, args.upstream_python, args.batch_size, work)
-    score = scoring(n_pairs, memory_counts, chunk, args.upstream, args.upstream_pairs)
-
     model = "upstream mbf (MobileFaceNet)" if args.upstream else "replica mini"
-    theirs = "upstream eval_ijbc.py" if args.upstream else "upstream's loop restated"
 
     def fmt(v):
         return "not run (no --upstream)" if v is None else f"{v:9.1f}"
@@ -323,7 +333,14 @@ def main() -> None:
                   "embed_2w_vs_upstream": speed["ours_embed_2w_per_s"] / speed["upstream_embed_per_s"]}
         print(f"{'ours with 2 workers / upstream':<38}{'':16}{'':16}"
               f"{'align %.2fx, embed %.2fx' % (ratios['align_2w_vs_upstream'], ratios['embed_2w_vs_upstream']):>26}")
-    print(f"scoring {score['pairs']} pairs (3531 gallery x 19593 probe templates, 512-d), against {theirs}:")
+    return {"images": n_images, "embed_images": n_embed, **speed, **ratios}
+
+
+def scoring_stage(args, n_pairs: int, chunk: int, memory_counts) -> dict:
+    score = scoring(n_pairs, memory_counts, chunk, args.upstream, args.upstream_pairs)
+    theirs = "upstream eval_ijbc.py" if args.upstream else "upstream's loop restated"
+    print(f"scoring {score['pairs']} pairs (3531 gallery x 19593 probe templates, 512-d), against {theirs}; "
+          f"load average {os.getloadavg()[0]:.1f} after:")
     print(f"{'':<38}{'ours':>16}{'ours shuffled':>16}{theirs:>26}")
     scaled = "" if score["upstream_timed_pairs"] == n_pairs else f" (scaled from {score['upstream_timed_pairs']})"
     print(f"{'time (s)' + scaled:<38}{score['ours_s']:16.2f}{score['ours_shuffled_s']:16.2f}{score['upstream_s']:26.2f}")
@@ -332,9 +349,7 @@ def main() -> None:
     print("scoring memory besides the result (tracemalloc peak - 8 B x pairs): "
           + ", ".join(f"{n} pairs {m:.1f} MiB" for n, m in zip(score["memory_pairs"], score["memory_mib"]))
           + f" (chunk {score['chunk']} pairs)")
-    print(json.dumps({"bench": "eval", "quick": args.quick, "upstream": bool(args.upstream), "images": n_images,
-                      "embed_images": n_embed,
-                      "load": load, **speed, **ratios, "scoring": score}, default=lambda v: v))
+    return score
 
 
 if __name__ == "__main__":

@@ -125,16 +125,18 @@ def _templates(t=300, d=32, seed=3):
     return ids, feats, rng
 
 
-@pytest.mark.parametrize("layout", ["random", "gallery_by_probe", "one_heavy_row"])
+@pytest.mark.parametrize("layout", ["random", "gallery_by_probe", "grouped_unsorted", "one_heavy_row"])
 def test_pair_scores_are_the_cosines_in_pair_order(layout, monkeypatch):
     ids, feats, rng = _templates()
     if layout == "random":          # no structure: the row-by-row path
         p1, p2 = rng.choice(ids, 20000), rng.choice(ids, 20000)
-    elif layout == "gallery_by_probe":  # IJB-C-like: a few first templates against many (the GEMM path)
-        p1 = np.repeat(ids[:20], 250)
-        p2 = np.concatenate([rng.choice(ids[20:], 250, replace=False) for _ in range(20)])
-        order = rng.permutation(p1.size)  # shuffled, so the chunk is sorted first
-        p1, p2 = p1[order], p2[order]
+    elif layout in ("gallery_by_probe", "grouped_unsorted"):  # IJB-C-like: the GEMM path
+        gallery = ids[:20] if layout == "gallery_by_probe" else rng.permutation(ids)[:20]
+        p1 = np.repeat(gallery, 250)  # grouped by first template, in id order or not
+        p2 = np.concatenate([rng.choice(np.setdiff1d(ids, gallery), 250, replace=False) for _ in range(20)])
+        if layout == "gallery_by_probe":
+            order = rng.permutation(p1.size)  # shuffled, so the chunk is sorted first
+            p1, p2 = p1[order], p2[order]
     else:
         p1 = np.r_[np.full(5000, ids[0]), rng.choice(ids, 3000)]
         p2 = rng.choice(ids, p1.size)

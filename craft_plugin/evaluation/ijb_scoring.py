@@ -123,10 +123,11 @@ def pair_scores(template_ids: np.ndarray, feats: np.ndarray, p1: np.ndarray, p2:
     L2-normalised; ``template_ids`` sorted, as ``template_features`` returns them).
 
     The pairs are scored ``chunk`` at a time, so that the memory used besides the (P,) result does
-    not depend on P. Within a chunk the pairs are sorted by first template; for a block of
-    consecutive first templates the scores of all its pairs come from one matrix product with the
-    block's second templates when that product is at most ``DENSE_PER_PAIR`` times the pair count
-    (IJB-C's gallery-against-probe pairs), else from one matrix-vector product per first template.
+    not depend on P. Within a chunk the pairs are grouped by first template (sorted, unless the list
+    already is grouped); for a block of first templates the scores of all their pairs come from one
+    matrix product with the block's second templates when that product is at most
+    ``DENSE_PER_PAIR`` times the pair count (IJB-C's gallery-against-probe pairs), else from one
+    matrix-vector product per first template.
     A pair naming a template not in ``template_ids`` is refused (upstream scored it as template 0)."""
     template_ids = np.asarray(template_ids)
     feats = np.ascontiguousarray(feats, dtype=np.float64)
@@ -153,29 +154,35 @@ def _positions(template_ids: np.ndarray, ids: np.ndarray, offset: int) -> np.nda
 
 
 def _chunk_scores(feats: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    in_order = bool(np.all(rows[1:] >= rows[:-1]))  # a pair list grouped by first template needs no sort
-    order = None if in_order else np.argsort(rows, kind="stable")
-    r, c = (rows, cols) if in_order else (rows[order], cols[order])
-    out = np.empty(r.size, np.float64)
-    rows_per_block = max(1, BLOCK_ENTRIES // feats.shape[0])
-    block = r // rows_per_block
-    edges = np.r_[0, np.flatnonzero(block[1:] != block[:-1]) + 1, r.size]
-    local = np.empty(feats.shape[0], np.int64)
-    for a, b in zip(edges[:-1], edges[1:]):
-        rr, cc = r[a:b], c[a:b]
-        r0, r1 = int(rr[0]), int(rr[-1]) + 1
+    n_templates = feats.shape[0]
+    run_starts = np.r_[0, np.flatnonzero(rows[1:] != rows[:-1]) + 1]
+    # a list grouped by first template (each in one run, as IJB's lists are) needs no sort
+    grouped = run_starts.size == np.count_nonzero(np.bincount(rows, minlength=n_templates))
+    order = None if grouped else np.argsort(rows, kind="stable")
+    if not grouped:
+        rows, cols = rows[order], cols[order]
+        run_starts = np.r_[0, np.flatnonzero(rows[1:] != rows[:-1]) + 1]
+    run_ends = np.r_[run_starts[1:], rows.size]
+    out = np.empty(rows.size, np.float64)
+    runs_per_block = max(1, BLOCK_ENTRIES // n_templates)  # products held: runs x partners <= BLOCK_ENTRIES
+    local_row = np.empty(n_templates, np.int64)
+    local_col = np.empty(n_templates, np.int64)
+    for g in range(0, run_starts.size, runs_per_block):
+        first, last = run_starts[g], run_ends[min(g + runs_per_block, run_starts.size) - 1]
+        block_rows = rows[run_starts[g:g + runs_per_block]]
+        rr, cc = rows[first:last], cols[first:last]
         partners = np.unique(cc)
-        if (r1 - r0) * partners.size <= DENSE_PER_PAIR * (b - a):
-            local[partners] = np.arange(partners.size)
-            products = feats[r0:r1] @ feats[partners].T
-            out[a:b] = products[rr - r0, local[cc]]
+        if block_rows.size * partners.size <= DENSE_PER_PAIR * (last - first):
+            local_row[block_rows] = np.arange(block_rows.size)
+            local_col[partners] = np.arange(partners.size)
+            products = feats[block_rows] @ feats[partners].T
+            out[first:last] = products[local_row[rr], local_col[cc]]
         else:
-            starts = np.r_[0, np.flatnonzero(rr[1:] != rr[:-1]) + 1, rr.size]
-            for s, e in zip(starts[:-1], starts[1:]):
-                for u in range(s, e, GATHER_ROWS):
-                    v = min(u + GATHER_ROWS, e)
-                    out[a + u:a + v] = feats[cc[u:v]] @ feats[rr[s]]
-    if in_order:
+            for a, b in zip(run_starts[g:g + runs_per_block], run_ends[g:g + runs_per_block]):
+                for u in range(a, b, GATHER_ROWS):
+                    v = min(u + GATHER_ROWS, b)
+                    out[u:v] = feats[cols[u:v]] @ feats[rows[a]]
+    if grouped:
         return out
     scores = np.empty_like(out)
     scores[order] = out
