@@ -74,6 +74,7 @@ PFC_QUICK = [(64, 4000)]
 PFC_REPEATS = 5
 NO_CUDA = "skipped: no CUDA"
 SYNC_NOTE = re.compile(r"sync", re.IGNORECASE)
+DENIAL = re.compile(r"\b(no|without|free of|need no)\b", re.IGNORECASE)  # "no host sync" documents none
 
 
 def cuda() -> bool:
@@ -152,7 +153,7 @@ def pytest_run(args: List[str], timeout: float) -> dict:
     return {"status": status, "counts": counts, "s": round(time.perf_counter() - start, 1)}
 
 
-def cuda_tests(quick: bool, budget: float) -> dict:
+def cuda_tests(budget: float) -> dict:
     ids = cuda_only_tests()
     if not cuda():
         return {"status": NO_CUDA, "cuda_only_tests": ids}
@@ -165,6 +166,11 @@ def cuda_tests(quick: bool, budget: float) -> dict:
 # ---------------------------------------------------------------- sync audit
 
 
+def says_it_syncs(text: str) -> bool:
+    """Whether ``text`` (a comment or docstring) says the code syncs: a "sync" not denied just before."""
+    return any(not DENIAL.search(text[max(0, m.start() - 40):m.start()]) for m in SYNC_NOTE.finditer(text))
+
+
 def documented_sync(filename: str, lineno: int) -> bool:
     """A comment on the line or in the comment lines just above it, or the enclosing function's
     docstring, says the code syncs there."""
@@ -174,17 +180,16 @@ def documented_sync(filename: str, lineno: int) -> bool:
         return False
     lines = source.splitlines()
     at = lineno - 1
-    if 0 <= at < len(lines) and "#" in lines[at] and SYNC_NOTE.search(lines[at].split("#", 1)[1]):
+    if 0 <= at < len(lines) and "#" in lines[at] and says_it_syncs(lines[at].split("#", 1)[1]):
         return True
     above = at - 1
     while above >= 0 and lines[above].strip().startswith("#"):
-        if SYNC_NOTE.search(lines[above]):
+        if says_it_syncs(lines[above]):
             return True
         above -= 1
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.lineno <= lineno <= node.end_lineno:
-            doc = ast.get_docstring(node) or ""
-            if SYNC_NOTE.search(doc):
+            if says_it_syncs(ast.get_docstring(node) or ""):
                 return True
     return False
 
@@ -322,13 +327,6 @@ def sync_audit(quick: bool, rec: str) -> dict:
 # ---------------------------------------------------------------- Partial FC step
 
 
-def pfc_cases(upstream: str):
-    import bench_lean_pfc as lean_bench
-
-    reference = "upstream" if upstream else "materialised"
-    return [reference, "recompute", "keep"], lean_bench
-
-
 def load_upstream_on_device(path: str):
     """upstream's (PartialFC_V2, CombinedMarginLoss) in a one-rank group (NCCL on CUDA)."""
     import importlib.util
@@ -404,10 +402,18 @@ def pfc_size(cases, batch, classes, fp16, upstream, device, repeats) -> dict:
             modules.pop(case, None)
     times = {case: [] for case in modules}
     for _ in range(repeats):
-        for case, pfc in modules.items():
-            times[case].append(timed_step(pfc, embeddings, labels, device))
+        for case in list(modules):
+            try:
+                times[case].append(timed_step(modules[case], embeddings, labels, device))
+            except torch.cuda.OutOfMemoryError:
+                row[case]["status"] = "skipped: out of memory while timing"
+                del modules[case], times[case]
+                torch.cuda.empty_cache()
     for case, ms in times.items():
         row[case]["ms"] = round(statistics.median(ms), 2)
+    del modules
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
     ref = cases[0]
     if ref in times:
         for case in times:
@@ -555,7 +561,7 @@ def loss_step(loss, cos, labels, norms):
     return loss(cos.clone(), labels.clone(), norms)
 
 
-def losses_cuda_vs_cpu(quick: bool) -> dict:
+def losses_cuda_vs_cpu() -> dict:
     from craft_plugin.losses import build_margin_loss
 
     device = torch.device("cuda", 0) if cuda() else torch.device("cpu")
@@ -634,7 +640,7 @@ def two_rank_collectives(device_type: str) -> dict:
             "curricular_t": float(curricular.extra_state()["t"])}
 
 
-def gloo_two_processes(quick: bool) -> dict:
+def gloo_two_processes() -> dict:
     from craft_plugin._replica.launch import run_distributed
     from craft_plugin.losses import build_margin_loss
 
@@ -720,13 +726,13 @@ def main() -> None:
         write_faces(rec, 8, 8, 32)
         runners: Dict[str, Callable[[], dict]] = {
             "environment": environment,
-            "cuda_tests": lambda: cuda_tests(args.quick, min(200.0, args.budget / 2)),
+            "cuda_tests": lambda: cuda_tests(min(200.0, args.budget / 2)),
             "sync_audit": lambda: sync_audit(args.quick, str(rec)),
             "pfc_step": lambda: pfc_step(args.quick, args.upstream),
             "loader": lambda: loader(args.quick, Path(tmp)),
             "eval_embedding": lambda: eval_embedding(args.quick, args.upstream),
-            "losses_cuda_vs_cpu": lambda: losses_cuda_vs_cpu(args.quick),
-            "gloo_two_processes": lambda: gloo_two_processes(args.quick),
+            "losses_cuda_vs_cpu": losses_cuda_vs_cpu,
+            "gloo_two_processes": gloo_two_processes,
         }
         for name in SECTIONS:
             begin = time.perf_counter()
