@@ -633,7 +633,7 @@ def two_rank_collectives(device_type: str) -> dict:
     loss = build_margin_loss({"name": "elasticface-arc-plus", "seed": 3})
     rows = torch.arange(rank, 16, 2, device=device)
     margins = loss.margins(mine.to(device)[rows], rows, 16)
-    curricular = build_margin_loss("curricularface")
+    curricular = build_margin_loss("curricularface").to(device)  # its t lives where the targets do
     curricular.prepare_targets(mine.to(device))
     return {"device": values.device.type, "sum": summed.cpu().tolist(), "max": largest.cpu().tolist(),
             "broadcast": int(flag.item()), "margins": margins.cpu().tolist(), "rows": rows.cpu().tolist(),
