@@ -202,7 +202,7 @@ def webface_row(batch: int, classes: int, chunk: int, upstream: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (smoke run)")
-    parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="classes per chunk of the lean path")
+    parser.add_argument("--chunk", type=int, default=DEFAULT_CHUNK, help="classes per chunk of the lean path (default: %(default)s)")
     parser.add_argument("--upstream", default="", help="an arcface_torch checkout to compare with (default: none, "
                                                        "the replica's step is the reference)")
     parser.add_argument("--no-webface", action="store_true", help="leave out the WebFace42M-scale row (about 11 GB)")
