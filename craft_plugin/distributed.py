@@ -87,7 +87,7 @@ def gather_shard_batch(pfc: torch.nn.Module, local_embeddings: torch.Tensor, loc
     embeddings = all_gather_with_grad(local_embeddings)
     labels = all_gather_no_grad(local_labels).view(-1, 1)
     index_positive = (pfc.class_start <= labels) & (labels < pfc.class_start + pfc.num_local)
-    labels[~index_positive] = -1
-    labels[index_positive] -= pfc.class_start
+    # torch.where, not boolean-mask assignment (which syncs to count the mask): the same labels
+    labels = torch.where(index_positive, labels - pfc.class_start, torch.full_like(labels, -1))
     weight = pfc.sample(labels, index_positive) if pfc.sample_rate < 1 else pfc.weight
     return embeddings, labels, weight

@@ -33,6 +33,16 @@ def at_least_float32(logits: torch.Tensor) -> torch.Tensor:
     return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
 
 
+def target_positions(labels: torch.Tensor):
+    """``(rows, cols)``: the rows of the global batch whose class lives on this rank, and that
+    class's column (labels are -1 elsewhere). One host sync per step: ``nonzero`` must learn the
+    count to size its output, as upstream's ``torch.where(labels != -1)`` in CombinedMarginLoss and
+    DistCrossEntropy; every path that indexes the B targets goes through here."""
+    flat = labels.view(-1)
+    rows = torch.nonzero(flat != -1).view(-1)
+    return rows, flat[rows]
+
+
 def theta_of(cos: torch.Tensor) -> torch.Tensor:
     return torch.acos(cos.clamp(-1 + COS_EPS, 1 - COS_EPS))
 
@@ -264,9 +274,7 @@ class MarginLoss(torch.nn.Module):
         """The margin, map and scale of the (already filtered) float32+ cosines."""
         self.prepare(norms)
         logits = at_least_float32(logits)
-        flat = labels.view(-1)
-        rows = torch.nonzero(flat != -1).view(-1)
-        cols = flat[rows]
+        rows, cols = target_positions(labels)
         batch = logits.size(0)
         if self.fused():
             fn, scale, each = (lambda t: self.target_logit(t, rows, batch)), self.scale_factor(norms), self.logit_map()

@@ -24,7 +24,8 @@ import math
 import torch
 
 from craft_plugin.distributed import all_reduce_
-from craft_plugin.losses.base import MarginLoss, _target_grad, _targets_through, at_least_float32, theta_of
+from craft_plugin.losses.base import (MarginLoss, _target_grad, _targets_through, at_least_float32, target_positions,
+                                      theta_of)
 from craft_plugin.losses.moving_average import momentum, update_
 from craft_plugin.losses.registry import MARGIN_LOSSES
 from craft_plugin.validation import in_range
@@ -90,9 +91,7 @@ class CurricularFace(MarginLoss):
 
     def margin_forward(self, logits, labels, norms=None):
         logits = at_least_float32(logits)
-        flat = labels.view(-1)
-        rows = torch.nonzero(flat != -1).view(-1)
-        cols = flat[rows]
+        rows, cols = target_positions(labels)
         batch = logits.size(0)
         with torch.no_grad():
             target = torch.zeros(batch, dtype=logits.dtype, device=logits.device)

@@ -25,7 +25,7 @@ from typing import Optional, Sequence, Union
 import torch
 
 from craft_plugin.errors import ConfigError
-from craft_plugin.losses.base import COS_EPS, MarginLoss, at_least_float32, theta_of
+from craft_plugin.losses.base import COS_EPS, MarginLoss, at_least_float32, target_positions, theta_of
 from craft_plugin.losses.registry import MARGIN_LOSSES
 from craft_plugin.validation import boolean, in_range, integer, non_negative, one_of, positive
 
@@ -111,9 +111,7 @@ class SphereFaceR(MarginLoss):
     def margin_forward(self, logits, labels, norms=None):
         if not self.fused():
             m = self.current_m()
-            flat = labels.view(-1)
-            rows = torch.nonzero(flat != -1).view(-1)
-            cols = flat[rows]
+            rows, cols = target_positions(labels)
             target = at_least_float32(logits[rows, cols])
             logits = self.shaped(at_least_float32(logits), lambda theta: torch.cos(theta / m))
             logits[rows, cols] = target

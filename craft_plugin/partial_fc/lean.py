@@ -42,7 +42,7 @@ from torch.nn.functional import linear, normalize
 
 from craft_plugin.distributed import all_reduce_, gather_shard_batch
 from craft_plugin.errors import ConfigError
-from craft_plugin.losses.base import MarginLoss, at_least_float32
+from craft_plugin.losses.base import MarginLoss, at_least_float32, target_positions
 
 DEFAULT_CHUNK = 8192
 
@@ -158,10 +158,7 @@ class _ChunkedMarginCE(torch.autograd.Function):
     def forward(ctx, xn, weight, scale, norms, labels, loss, chunk, fp16, recompute):
         batch, classes = xn.size(0), weight.size(0)
         ctx.cosines = cosines = (_Recomputed if recompute else _Kept)(batch, classes, fp16)
-        flat = labels.view(-1)
-        # row indices of this rank's targets: one host sync per step, as upstream's DistCrossEntropy
-        rows = torch.nonzero(flat != -1).view(-1)
-        cols = flat[rows]
+        rows, cols = target_positions(labels)
         n = scale
         norm = weight.detach().norm(dim=1, keepdim=True).clamp_min(NORM_EPS)
         dtype = at_least_float32(xn).dtype

@@ -99,7 +99,7 @@ class Reactivator:
         return activation_scores(mean_abs).cpu()  # a check step: one sync, as for the weight
 
     def check(self, reason: str) -> dict:
-        weight = self.layer.conv.weight.detach().float().cpu()
+        weight = self.layer.conv.weight.detach().float().cpu()  # a check step, not every step: one sync
         norms = filter_norms(weight)
         scores = self.activation_scores() if self.capture is not None else norms
         mask = inactive_mask(scores, self.criterion)
