@@ -241,8 +241,9 @@ class FakeWriter:
 
 def test_each_check_is_logged_and_written_to_tensorboard(caplog):
     net = MiniIResNet(16)
-    with torch.no_grad():
-        net.conv1.weight[[1, 2]] *= 1e-5
+    with torch.no_grad():  # revivals are listed weakest first: filter 1 is made the weaker of the two
+        net.conv1.weight[1] *= 1e-7
+        net.conv1.weight[2] *= 1e-5
     writer = FakeWriter()
     reactivator = Reactivator(ReactivationOptions(), find_first_layer(net), None, writer)
     with caplog.at_level(logging.INFO, logger="craft_plugin.reactivation"):
