@@ -13,11 +13,14 @@ from eval_model_helpers import MODULE, face_images, run_cli, run_json, torch_emb
 from craft_plugin.evaluation.bin_eval import slinear_inverse
 
 PAIRS = 160
+BATCH = 7
 
 
 def reference(net, images, issame, folds=10):
     """verification.py's test() + evaluate(), written out with explicit loops."""
-    views = [torch_embeddings(net, images), torch_embeddings(net, images[:, :, ::-1].copy())]
+    # in the CLI's batches of BATCH: a float32 forward's last bits depend on the batch's size
+    views = [np.concatenate([torch_embeddings(net, view[i:i + BATCH]) for i in range(0, len(view), BATCH)])
+             for view in (images, images[:, :, ::-1].copy())]
     xnorm = np.mean([np.linalg.norm(e) for view in views for e in view])
     emb = views[0] + views[1]
     emb = emb / np.sqrt((emb * emb).sum(1, keepdims=True))
@@ -63,7 +66,7 @@ def bin_set(tmp_path_factory):
 def test_bin_numbers_equal_verification_py(bin_set, capsys):
     root, net, images, issame = bin_set
     doc = run_json(["eval", "bin", root / "model.pt", "--data", root, "--targets", "lfw", *MODULE,
-                    "--batch-size", "7"], capsys)
+                    "--batch-size", str(BATCH)], capsys)
     want = reference(net, images, issame)
     got = doc["targets"]["lfw"]
     assert doc["kind"] == "bin" and doc["model"]["network"] == "tiny" and got["pairs"] == PAIRS
