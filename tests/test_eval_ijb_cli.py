@@ -241,6 +241,19 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(release, tmp_path, cap
     assert not out.exists()
 
 
+def test_without_matplotlib_one_line_names_the_extra_before_embedding(release, tmp_path, capsys, monkeypatch):
+    import craft_plugin.evaluation.ijb_embed as ijb_embed
+
+    root, _ = release
+    monkeypatch.setitem(sys.modules, "matplotlib", None)           # import matplotlib raises ImportError
+    monkeypatch.setattr(ijb_embed, "embed_ijb", lambda *a, **k: pytest.fail("embedded without matplotlib"))
+    out = tmp_path / "out"
+    code, stdout, err = run_cli(argv(root, out), capsys)
+    assert code == 2 and stdout == "" and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "needs matplotlib: pip install 'craft-plugin[eval]'" in err, err
+    assert not out.exists()
+
+
 def test_a_failed_run_leaves_earlier_results_untouched(release, tmp_path, capsys):
     root, _ = release
     data = tmp_path / "data"

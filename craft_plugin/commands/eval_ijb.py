@@ -90,12 +90,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     from craft_plugin.evaluation.ijb_meta import read_ijb
     from craft_plugin.evaluation.ijb_scoring import run_scoring
     from craft_plugin.evaluation.models import load_embedder
-    from craft_plugin.evaluation.roc_plot import write_roc_plot
+    from craft_plugin.evaluation.roc_plot import require_matplotlib, write_roc_plot
     from craft_plugin.staged_files import replace_together
 
     rank, _ = rank_and_world_size()
     if args.workers < 0:
         raise UsageError(f"--workers {args.workers}: expected an integer >= 0")
+    if rank == 0:
+        require_matplotlib()
     t = args.target.lower()
     meta = read_ijb(args.ijb, args.target, progress=rank == 0)
     out = Path(args.out or f"eval-{t}")

@@ -1,5 +1,5 @@
 """The ROC plot of an IJB 1:1 evaluation: TPR (TAR) against FPR (FAR) on a log axis, with the operating
-points of both TAR rules at each FAR target marked. Needs matplotlib (``pip install matplotlib``)."""
+points of both TAR rules at each FAR target marked. Needs matplotlib (``pip install 'craft-plugin[eval]'``)."""
 from __future__ import annotations
 
 import os
@@ -12,13 +12,20 @@ from craft_plugin.cli import UsageError
 from craft_plugin.evaluation.roc import FAR_TARGETS
 
 
-def write_roc_plot(path, report: dict, title: str) -> Path:
-    """Write the ROC of ``report`` (``ijb_scoring.verification_report`` or ``run_scoring``'s result:
-    its ``roc`` arrays, ``operating_points`` and ``auc``) as a PNG at ``path``, atomically."""
+def require_matplotlib():
+    """matplotlib, or one UsageError naming the extra that installs it (``eval ijb`` calls this before
+    it embeds, so that a missing matplotlib is not found only after hours of embedding)."""
     try:
         import matplotlib
     except ImportError:
-        raise UsageError("the ROC plot needs matplotlib: pip install matplotlib") from None
+        raise UsageError("the ROC plot needs matplotlib: pip install 'craft-plugin[eval]' (or pip install matplotlib)") from None
+    return matplotlib
+
+
+def write_roc_plot(path, report: dict, title: str) -> Path:
+    """Write the ROC of ``report`` (``ijb_scoring.verification_report`` or ``run_scoring``'s result:
+    its ``roc`` arrays, ``operating_points`` and ``auc``) as a PNG at ``path``, atomically."""
+    matplotlib = require_matplotlib()
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
