@@ -3,8 +3,8 @@
 (a) Images per second, on the same images (a synthetic IJB-C-layout release of ``--images`` loose
 crops of ``--crop`` pixels, JPEG, of which the first ``--embed-images`` are embedded) and the same model (random-init weights saved as a state_dict):
 decode + align alone, and decode + align + embed (the face and its mirror image, one batched
-forward of ``--batch-size``). Ours: ``ijb_embed.AlignedFaces`` in a DataLoader with 1 and 2 worker
-processes, and ``ijb_embed.embed_ijb`` (the whole stage, features file written). Upstream: its
+forward of ``--batch-size``). Ours: ``ijb_embed.aligned_batches`` (the loader ``embed_ijb`` reads) with 1
+and 2 worker processes, and ``ijb_embed.embed_ijb`` (the whole stage, features file written). Upstream: its
 serial loop, run by ``--upstream-python`` (scikit-image, OpenCV; CUDA calls made no-ops on a machine
 without a GPU) from the ``Embedding`` class and ``get_image_feature`` of the checkout's
 ``eval_ijbc.py``, taken out of the script's text (the script runs on import): ``cv2.imread`` +
@@ -121,9 +121,7 @@ def save_random_model(path: Path, args) -> None:
 
 def images_per_second(release: Path, n_images: int, n_embed: int, upstream: Optional[Path], upstream_python: str,
                       batch_size: int, work: Path) -> Dict[str, Optional[float]]:
-    from torch.utils.data import DataLoader
-
-    from craft_plugin.evaluation.ijb_embed import AlignedFaces, embed_ijb
+    from craft_plugin.evaluation.ijb_embed import aligned_batches, embed_ijb
     from craft_plugin.evaluation.ijb_meta import read_ijb
     from craft_plugin.evaluation.models import load_embedder
 
@@ -134,7 +132,7 @@ def images_per_second(release: Path, n_images: int, n_embed: int, upstream: Opti
     embedder = load_embedder(str(model), args)
     rows: Dict[str, Optional[float]] = {}
     for workers in (1, 2):
-        loader = DataLoader(AlignedFaces(meta, range(n_images)), batch_size=batch_size, num_workers=workers)
+        loader = aligned_batches(meta, range(n_images), batch_size, workers)
         start = time.perf_counter()
         for _ in loader:
             pass

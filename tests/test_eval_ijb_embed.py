@@ -11,7 +11,8 @@ import torch
 
 from craft_plugin.cli import Parser, UsageError
 from craft_plugin.evaluation.alignment import align_face
-from craft_plugin.evaluation.ijb_embed import embed_ijb, features_record, open_features, shard, sidecar_path
+from craft_plugin.evaluation.ijb_embed import (aligned_batches, embed_ijb, features_record, open_features, shard,
+                                                sidecar_path)
 from craft_plugin.evaluation.ijb_meta import read_ijb
 from craft_plugin.evaluation.models import add_model_arguments, load_embedder
 from craft_plugin.evaluation.synthetic import write_synthetic_ijb
@@ -67,6 +68,24 @@ def test_shards_cover_the_images_once():
         for world in (1, 2, 3):
             parts = [list(shard(n, r, world)) for r in range(world)]
             assert sum(parts, []) == list(range(n))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_batches_are_the_aligned_faces_in_order(setup, workers):
+    """Each batch assembled in a worker is exactly the faces align_face gives for those images, in the
+    shard's order with the last batch short; OpenCV's thread count in this process is left as it was."""
+    meta, _, _ = setup
+    chosen = list(range(2, len(meta.names)))
+    threads = cv2.getNumThreads()
+    batches = list(aligned_batches(meta, chosen, batch_size=3, workers=workers))
+    assert cv2.getNumThreads() == threads
+    assert [len(b[0]) for b in batches] == [3] * (len(chosen) // 3) + ([len(chosen) % 3] if len(chosen) % 3 else [])
+    indices = torch.cat([b[0] for b in batches])
+    faces = torch.cat([b[1] for b in batches])
+    assert indices.tolist() == chosen and faces.dtype == torch.uint8
+    expected = np.stack([align_face(cv2.imread(str(meta.image_path(i))), meta.landmarks[i]) for i in chosen])
+    assert np.array_equal(faces.numpy(), expected.transpose(0, 3, 1, 2))
+    assert all(p == "" for b in batches for p in b[2])
 
 
 @pytest.mark.parametrize("workers", [0, 2])
