@@ -137,12 +137,14 @@ def main() -> int:
     parser.add_argument("--identities", type=int, default=40, help="synthetic identities (default 40)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per batch on both sides (default 64)")
     parser.add_argument("--workers", type=int, default=2, help="our DataLoader workers (default 2)")
-    parser.add_argument("--keep", type=Path, help="work folder to keep (default: a temporary one, removed)")
+    parser.add_argument("--keep", type=Path, help="a new or empty work folder to keep (default: a temporary one, removed)")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
     checkout = args.arcface_torch.resolve()
     if not (checkout / "eval_ijbc.py").is_file():
         parser.error(f"--arcface-torch {checkout}: no eval_ijbc.py there")
+    if args.keep and args.keep.exists() and any(args.keep.iterdir()):
+        parser.error(f"--keep {args.keep}: not empty; give a new or empty folder")
     work = args.keep.resolve() if args.keep else Path(tempfile.mkdtemp(prefix="ijb_upstream_check_"))
     work.mkdir(parents=True, exist_ok=True)
     try:
