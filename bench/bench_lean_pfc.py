@@ -62,6 +62,11 @@ def load_upstream(path: str):
     if not distributed.is_initialized():
         store = os.path.join(tempfile.mkdtemp(), "store")
         distributed.init_process_group("gloo", init_method=f"file://{store}", rank=0, world_size=1)
+    return import_upstream_pfc(path)
+
+
+def import_upstream_pfc(path: str):
+    """(PartialFC_V2, CombinedMarginLoss) imported from the files of the checkout at ``path``."""
     modules = {}
     for name in ("partial_fc_v2", "losses"):
         spec = importlib.util.spec_from_file_location(f"upstream_{name}", os.path.join(path, f"{name}.py"))

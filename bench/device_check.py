@@ -329,8 +329,6 @@ def sync_audit(quick: bool, rec: str) -> dict:
 
 def load_upstream_on_device(path: str):
     """upstream's (PartialFC_V2, CombinedMarginLoss) in a one-rank group (NCCL on CUDA)."""
-    import importlib.util
-
     from torch import distributed
 
     if not distributed.is_initialized():
@@ -339,12 +337,9 @@ def load_upstream_on_device(path: str):
                                        world_size=1)
     if not cuda():
         torch.Tensor.cuda = lambda self, *args, **kwargs: self  # upstream allocates with .cuda()
-    modules = {}
-    for name in ("partial_fc_v2", "losses"):
-        spec = importlib.util.spec_from_file_location(f"upstream_{name}", os.path.join(path, f"{name}.py"))
-        modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(modules[name])
-    return modules["partial_fc_v2"].PartialFC_V2, modules["losses"].CombinedMarginLoss
+    from bench_lean_pfc import import_upstream_pfc
+
+    return import_upstream_pfc(path)
 
 
 def make_pfc(case: str, classes: int, fp16: bool, upstream: str, device: torch.device):
@@ -457,23 +452,8 @@ def timed_step(pfc, embeddings, labels, device) -> float:
 # ---------------------------------------------------------------- loader
 
 
-class NormalisedInWorker(torch.utils.data.Dataset):
-    """The float path: each item normalised in the worker, float32 through shared memory."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int):
-        from craft_plugin.data.transforms import normalise
-
-        image, label = self.dataset[index]
-        return normalise(image), label
-
-
 def loader(quick: bool, tmp: Path) -> dict:
+    from bench_reader import NormalisedInWorker  # the float path, as bench_reader times it
     from craft_plugin.data.dataloader import DeviceLoader
     from craft_plugin.data.dataset import RecFaceDataset
 
