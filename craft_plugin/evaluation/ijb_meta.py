@@ -97,6 +97,20 @@ def _number(path: Path, line: int, field: str, what: str, kind=float):
     return value
 
 
+def _image_lines(path: Path, fields_expected: int, layout: str, first_line: Dict[str, int],
+                 progress: bool) -> Iterator[Tuple[int, List[str]]]:
+    """``_lines`` of a per-image list: each line has ``fields_expected`` fields (``layout``), and no
+    image is named twice; ``first_line`` records the line of each image."""
+    for line, fields in _lines(path, progress):
+        if len(fields) != fields_expected:
+            raise UsageError(f"{path}:{line}: expected {layout} ({fields_expected} fields), got {len(fields)}")
+        name = fields[0]
+        if name in first_line:
+            raise UsageError(f"{path}:{line}: image {name} is listed twice (first on line {first_line[name]})")
+        first_line[name] = line
+        yield line, fields
+
+
 def _check_landmark_line(path: Path, line: int, fields: List[str]) -> None:
     """Raise the error of a landmark line whose numbers do not parse or are not finite."""
     for value in fields[1:-1]:
@@ -107,14 +121,8 @@ def _check_landmark_line(path: Path, line: int, fields: List[str]) -> None:
 def _read_landmarks(path: Path, progress: bool):
     rows: List[List[str]] = []
     first_line: Dict[str, int] = {}
-    for line, fields in _lines(path, progress):
-        if len(fields) != LANDMARKS_FIELDS:
-            raise UsageError(f"{path}:{line}: expected NAME x1 y1 x2 y2 x3 y3 x4 y4 x5 y5 SCORE "
-                             f"({LANDMARKS_FIELDS} fields), got {len(fields)}")
-        name = fields[0]
-        if name in first_line:
-            raise UsageError(f"{path}:{line}: image {name} is listed twice (first on line {first_line[name]})")
-        first_line[name] = line
+    for _, fields in _image_lines(path, LANDMARKS_FIELDS, "NAME x1 y1 x2 y2 x3 y3 x4 y4 x5 y5 SCORE",
+                                  first_line, progress):
         rows.append(fields)
     if not rows:
         raise UsageError(f"{path}: no image lines")
@@ -140,14 +148,8 @@ def _read_template_media(path: Path, landmark_path: Path, first_line: Dict[str, 
     templates = np.full(len(index), -1, dtype=np.int64)
     medias = np.full(len(index), -1, dtype=np.int64)
     seen: Dict[str, int] = {}
-    for line, fields in _lines(path, progress):
-        if len(fields) != TEMPLATE_MEDIA_FIELDS:
-            raise UsageError(f"{path}:{line}: expected NAME TEMPLATE MEDIA ({TEMPLATE_MEDIA_FIELDS} fields), "
-                             f"got {len(fields)}")
+    for line, fields in _image_lines(path, TEMPLATE_MEDIA_FIELDS, "NAME TEMPLATE MEDIA", seen, progress):
         name = fields[0]
-        if name in seen:
-            raise UsageError(f"{path}:{line}: image {name} is listed twice (first on line {seen[name]})")
-        seen[name] = line
         if name not in index:
             raise UsageError(f"{path}:{line}: image {name} is not in {landmark_path.name}")
         i = index[name]
