@@ -94,11 +94,17 @@ def test_json_document_files_and_scores(release, tmp_path, capsys):
          "ijbc_scores.npy"])
 
 
-def test_rescoring_from_features_reads_no_image(release, tmp_path, capsys):
+def own_copy(release, tmp_path):
+    """A copy of the release and its model.pt that a test may damage."""
     root, _ = release
     data = tmp_path / "data"
     shutil.copytree(root / "IJBC", data / "IJBC")
     shutil.copy(root / "model.pt", data / "model.pt")
+    return data
+
+
+def test_rescoring_from_features_reads_no_image(release, tmp_path, capsys):
+    data = own_copy(release, tmp_path)
     features = tmp_path / "features.npy"
     code, first, err = run_cli(argv(data, tmp_path / "a", "--features", str(features)), capsys)
     assert code == 0, err and features.is_file()
@@ -226,10 +232,7 @@ def break_release(kind, data, model_args):
                                   "unknown-template", "not-an-embedding", "onnx-input", "onnx-input-size",
                                   "features-of-other-data"])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(release, tmp_path, capsys, kind):
-    root, _ = release
-    data = tmp_path / "data"
-    shutil.copytree(root / "IJBC", data / "IJBC")
-    shutil.copy(root / "model.pt", data / "model.pt")
+    data = own_copy(release, tmp_path)
     out = tmp_path / "out"
     args = argv(data, out)
     message = break_release(kind, data, args)
@@ -255,10 +258,7 @@ def test_without_matplotlib_one_line_names_the_extra_before_embedding(release, t
 
 
 def test_a_failed_run_leaves_earlier_results_untouched(release, tmp_path, capsys):
-    root, _ = release
-    data = tmp_path / "data"
-    shutil.copytree(root / "IJBC", data / "IJBC")
-    shutil.copy(root / "model.pt", data / "model.pt")
+    data = own_copy(release, tmp_path)
     out = tmp_path / "out"
     assert run_cli(argv(data, out), capsys)[0] == 0
     before = {p.name: p.read_bytes() for p in out.iterdir()}
