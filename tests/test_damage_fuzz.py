@@ -21,7 +21,6 @@ import math
 import pickle
 import random
 import shutil
-import signal
 import struct
 from collections import Counter
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hang_guard import hang_guard
 
 from craft_plugin.cli import main
 from craft_plugin.data.binfile import load_bin
@@ -36,20 +36,6 @@ from craft_plugin.data.dataset import RecFaceDataset, read_sample
 from craft_plugin.data.writer import write_bin, write_rec
 
 SECONDS = 20   # per case: far above what a tiny file takes; reaching it is a hang
-
-
-@contextlib.contextmanager
-def deadline(what):
-    def expired(*_):
-        raise TimeoutError(f"hang: {what} took over {SECONDS} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.alarm(SECONDS)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
 
 
 def cli(argv):
@@ -175,7 +161,7 @@ def record_spans(folder):
 
 def check_rec_case(folder, original, spans, touched, outcomes, case):
     rec_path = str(folder)
-    with deadline(case):
+    with hang_guard(SECONDS, f"case {case}"):
         status, out, err = cli(["rec", "verify", rec_path, "--json"])
         assert status in (1, 0), (case, status, err)
         report = json.loads(out)
@@ -282,7 +268,7 @@ def bin_view(path):
 
 
 def check_bin_case(path, original, outcomes, case):
-    with deadline(case):
+    with hang_guard(SECONDS, f"case {case}"):
         status, out, err = cli(["bin", "verify", str(path), "--json", "--image-size", "16"])
         assert status in (0, 1), (case, status, err)
         report = json.loads(out)
@@ -342,7 +328,7 @@ def test_damaged_bins(tmp_path):
 
 
 def check_model_case(path, outcomes, case):
-    with deadline(case):
+    with hang_guard(SECONDS, f"case {case}"):
         status, out, err = cli(["inspect", str(path), "--json", "--png", str(path.with_suffix(".png"))])
     if status == 0:
         json.loads(out)

@@ -2,10 +2,8 @@
 the verification protocol."""
 from __future__ import annotations
 
-import contextlib
 import json
 import pickle
-import signal
 import subprocess
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from easydict import EasyDict
+from hang_guard import hang_guard
 
 from craft_plugin.data import rec_reader_feature as data_feature
 from craft_plugin.data.binfile import load_bin, read_bin_pairs
@@ -56,26 +55,6 @@ def test_factory_uses_our_reader_for_rec_folders_and_upstream_otherwise(tmp_path
     assert feature.verification_class(object, EasyDict()) is CallBackVerification
 
 
-class LoaderHung(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def hang_guard(seconds: int):
-    """Raise LoaderHung in the main thread if the block has not ended after ``seconds`` (a guard
-    against a hang, far above any normal duration: not a speed assertion)."""
-    def expire(*_):
-        raise LoaderHung(f"the loader loop did not end within {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_corrupt_record_fails_the_loop_naming_file_and_offset(tmp_path, workers):
     good = pack(IRHeader(0, 0.0, 0, 0), encode_jpeg(synthetic_image(0, 0, 0, 16)))
@@ -84,7 +63,7 @@ def test_a_corrupt_record_fails_the_loop_naming_file_and_offset(tmp_path, worker
     offset = RecordFile(tmp_path / "train.rec").offset_of(7)
     loader = get_dataloader(str(tmp_path), 0, 2, num_workers=workers, seed=1)
     epochs_of_batches = []
-    with hang_guard(120), pytest.raises(ValueError) as info:
+    with hang_guard(120, "the loader loop"), pytest.raises(ValueError) as info:
         for epoch in range(2):
             for _ in loader:
                 epochs_of_batches.append(epoch)
